@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` (the Multi30k pipeline on the bundled data) and
+# `make test` (the test suite). Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo benchmark clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Install the CPU torch wheel only when no torch is importable (GPU users keep their own).
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,benchmark]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) examples/multi30k/run.py --profile demo
+
+benchmark: setup
+	$(PY) examples/multi30k/run.py --profile full
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,70 @@
+"""Make fairseq 0.12 checkpoints load under torch >= 2.6 without turning safe loading off.
+
+torch 2.6 switched ``torch.load`` to ``weights_only=True``. fairseq 0.12 calls ``torch.load`` without
+that argument, so every stock command (``fairseq-generate``, ``fairseq-interactive``,
+``fairseq-eval-lm`` and ``fairseq-train``'s automatic resume) fails with ``Unsupported global:
+argparse.Namespace``. Rather than disabling the restricted unpickler for the whole process, we
+allow-list the few non-tensor classes a fairseq checkpoint contains: the argparse namespace of legacy
+configs, the omegaconf containers of hydra configs, and fairseq's own logging meters stored in
+``extra_state``. Anything else still fails, as torch intends.
+"""
+
+import argparse
+import collections
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def fairseq_checkpoint_globals():
+    """The classes (beyond plain containers and tensors) found in fairseq 0.12 checkpoints."""
+    from fairseq.logging import meters
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
+    import typing
+
+    return [
+        argparse.Namespace,
+        collections.OrderedDict,
+        collections.defaultdict,
+        DictConfig,
+        ListConfig,
+        ContainerMetadata,
+        Metadata,
+        AnyNode,
+        BooleanNode,
+        FloatNode,
+        IntegerNode,
+        StringNode,
+        typing.Any,
+        dict,
+        list,
+        int,
+        float,
+        meters.AverageMeter,
+        meters.SumMeter,
+        meters.ConcatTensorMeter,
+        meters.TimeMeter,
+        meters.StopwatchMeter,
+        meters.MetersDict,
+    ] + _numpy_scalar_globals()
+
+
+def _numpy_scalar_globals():
+    """numpy scalars (e.g. a ``best_loss`` computed with numpy) pickle through these."""
+    import numpy as np
+
+    found = [np.dtype, np.ndarray, np.core.multiarray.scalar, np.core.multiarray._reconstruct]
+    found += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+    return found
+
+
+def allow_fairseq_checkpoints_in_safe_torch_load():
+    """Register fairseq's checkpoint classes with torch's weights-only unpickler (idempotent)."""
+    add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
+    if add_safe_globals is None:  # torch < 2.4 has no restricted default: nothing to do
+        return
+    add_safe_globals(fairseq_checkpoint_globals())
