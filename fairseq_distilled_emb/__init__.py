@@ -10,6 +10,6 @@ from fairseq_distilled_emb.errors import DistilledEmbeddingError, install_except
 allow_fairseq_checkpoints_in_safe_torch_load()
 install_excepthook()
 
-from fairseq_distilled_emb import models  # noqa: E402,F401  (registers the architectures)
+from fairseq_distilled_emb import criterions, models, tasks  # noqa: E402,F401  (registers them)
 
 __version__ = "0.1.0"

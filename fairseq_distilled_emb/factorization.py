@@ -200,14 +200,29 @@ def _fit_last_direction(coefficient, min_shift, rank):
     return best[1], best[2]
 
 
+def balance_factors(u: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rescale each rank component so U's column and W's row have the same RMS entry.
+
+    f(U)·W is unchanged for ReLU and linear f (positively homogeneous), and the product's gradient
+    steps are best conditioned: Adam moves every entry by about the learning rate, so a factor with
+    tiny entries would see huge relative changes (and destroy the product in a few updates).
+    """
+    column_rms = u.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
+    row_rms = w.pow(2).mean(dim=1).sqrt().clamp_min(1e-12)
+    scale = (row_rms / column_rms).sqrt()
+    return u * scale, w / scale.unsqueeze(1)
+
+
 def initial_factors(
     target: torch.Tensor, rank: int, activation: str, method: str
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The starting (U, W) for ``--embedding-init {reconstruct,svd}`` (random is fairseq's init)."""
     if method == "reconstruct" and activation == "relu":
-        return sign_aware_factors(target, rank)
+        return balance_factors(*sign_aware_factors(target, rank))
     # linear f: the SVD is optimal; gelu/tanh are close to linear near 0 so SVD is a fair start.
-    return truncated_svd_factors(target, rank)
+    # (Rescaling would change f(U)W for gelu/tanh, so only ReLU/linear factors are balanced.)
+    u, w = truncated_svd_factors(target, rank)
+    return balance_factors(u, w) if activation == "linear" else (u, w)
 
 
 # ----------------------------------------------------------------------------- reconstruction fit
@@ -275,9 +290,13 @@ def fit_reconstruction(
         if previous - error < min_relative_improvement * previous:
             break
         previous = error
+    root_scale = scale.sqrt()
+    best_u, best_w = best_u * root_scale, best_w * root_scale
+    if activation in ("relu", "linear"):
+        best_u, best_w = balance_factors(best_u, best_w)
     return ReconstructionResult(
         U=best_u,
-        W=best_w * scale,
+        W=best_w,
         relative_error=best_error,
         start_relative_error=start_error,
         steps=steps,

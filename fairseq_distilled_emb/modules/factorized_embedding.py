@@ -36,11 +36,12 @@ class FactorizedEmbedding(nn.Module):
     def reset_parameters(self):
         """fairseq's normal init, split so that f(U)·W has roughly the dense init's N(0, 1/d) scale.
 
-        Entries of U are positive-mean under ReLU, so W gets a zero mean and the product's variance is
-        r·E[f(u)²]·var(w); with u ~ N(0, 1) and ReLU, E[f(u)²] = 1/2.
+        The product's entry variance is r·E[f(u)²]·var(w) = r·σ_u²·σ_w²/2 under ReLU; U and W get
+        the same σ = (2/(r·d))^¼ so neither factor is tiny (see factorization.balance_factors).
         """
-        nn.init.normal_(self.U, mean=0.0, std=1.0)
-        nn.init.normal_(self.W, mean=0.0, std=(2.0 / (self.rank * self.embedding_dim)) ** 0.5)
+        std = (2.0 / (self.rank * self.embedding_dim)) ** 0.25
+        nn.init.normal_(self.U, mean=0.0, std=std)
+        nn.init.normal_(self.W, mean=0.0, std=std)
         self._zero_padding_row()
 
     @torch.no_grad()

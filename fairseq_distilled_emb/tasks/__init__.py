@@ -1,0 +1,1 @@
+from fairseq_distilled_emb.tasks import reconstruction_init  # noqa: F401

@@ -1,0 +1,420 @@
+"""Reconstruction-init tasks: start a factorized student from a trained teacher checkpoint.
+
+The first half of Distilled Embedding. On ``build_model`` the task
+
+1. loads the teacher (a stock ``transformer*``/``transformer_lm*`` or a ``distilled_*`` checkpoint) on
+   CPU with fairseq's checkpoint utilities, and validates it against the data and the student's
+   ``--arch`` before any work, with one clear error per problem;
+2. initialises each factorized embedding from the teacher's embedding E
+   (``--embedding-init reconstruct|svd|random``, see :mod:`fairseq_distilled_emb.factorization`);
+3. copies every non-embedding parameter of the teacher into the student (strict shapes);
+4. keeps the teacher frozen on the task (never in the student's modules, optimizer, parameter count
+   or checkpoints) for the distillation criterion.
+
+A student checkpoint loads without the teacher file: fairseq rebuilds this task from the saved config
+with ``from_checkpoint=True`` and nothing teacher-related runs then. Resuming a training run from an
+existing ``checkpoint_last.pt`` keeps the teacher for distillation but skips steps 2–3, since the
+trainer restores the student's weights right after.
+"""
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from fairseq import checkpoint_utils, utils
+from fairseq.data import Dictionary
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
+
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules import FactorizedEmbedding
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_INIT_CHOICES = ChoiceEnum(["reconstruct", "svd", "random"])
+
+# Architecture fields whose teacher and student values must agree for the weight copy to be exact.
+ARCHITECTURE_FIELDS = (
+    "encoder_embed_dim",
+    "encoder_ffn_embed_dim",
+    "encoder_layers",
+    "encoder_attention_heads",
+    "decoder_embed_dim",
+    "decoder_ffn_embed_dim",
+    "decoder_layers",
+    "decoder_attention_heads",
+)
+SHARING_FIELDS = ("share_all_embeddings", "share_decoder_input_output_embed")
+
+
+@dataclass
+class ReconstructionInitConfig:
+    """Fields shared by the translation and language-modeling reconstruction-init tasks."""
+
+    teacher_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "trained teacher checkpoint (a fairseq transformer* with a shared "
+                          "embedding) to reconstruct the embedding from and distill from"},
+    )
+    embedding_init: EMBEDDING_INIT_CHOICES = field(
+        default="reconstruct",
+        metadata={"help": "how to initialise U and W: 'reconstruct' (the method: sign-aware start, "
+                          "then Adam on ||f(U)W - E||^2), 'svd' (truncated SVD, the optimal linear "
+                          "factorization; a baseline) or 'random' (fairseq's normal init; ablation)"},
+    )
+    reconstruction_steps: int = field(
+        default=2000, metadata={"help": "maximum Adam steps of the reconstruction fit"}
+    )
+    reconstruction_lr: float = field(
+        default=3e-3, metadata={"help": "Adam learning rate of the reconstruction fit (the target is "
+                                        "normalised to unit RMS, so this is scale-free)"}
+    )
+    reconstruction_min_improvement: float = field(
+        default=1e-3,
+        metadata={"help": "stop the fit when the relative Frobenius error improved by less than "
+                          "this fraction over the last check (every 50 steps)"},
+    )
+    # Read from the rest of the configuration, not set by the user.
+    save_dir: str = II("checkpoint.save_dir")
+    restore_file: str = II("checkpoint.restore_file")
+    cpu: bool = II("common.cpu")
+
+
+@dataclass
+class TranslationReconstructionInitConfig(TranslationConfig, ReconstructionInitConfig):
+    pass
+
+
+class ReconstructionInitMixin:
+    """Teacher loading/validation, reconstruction init, weight copy and the frozen teacher.
+
+    Mixed into a fairseq task (translation or language modeling); the task supplies the dictionaries.
+    """
+
+    teacher = None
+    teacher_embeddings: Dict[str, torch.Tensor] = None
+
+    # --------------------------------------------------------------------------- fairseq hooks
+
+    def build_model(self, cfg, from_checkpoint=False):
+        if from_checkpoint:
+            # Decoding (or loading a teacher/student by path): the teacher file is not needed.
+            return super().build_model(cfg, from_checkpoint)
+        teacher_state = self._load_teacher_state()
+        self._validate_teacher(teacher_state, cfg)
+        student = super().build_model(cfg, from_checkpoint)
+        student_embeddings = self._student_embeddings(student)
+        teacher = self._build_teacher(teacher_state)
+        self.teacher_embeddings = self._pair_embeddings(student, teacher)
+        self.teacher = teacher
+        resume_path = self._resume_checkpoint_path()
+        if resume_path is not None:
+            logger.info(
+                f"resuming from {resume_path}: skipping the reconstruction init and weight copy "
+                "(the trainer restores the student's weights)"
+            )
+        else:
+            self._initialise_student(student, teacher, student_embeddings)
+        return student
+
+    def teacher_model(self, like: torch.nn.Module):
+        """The frozen teacher on the same device and dtype as ``like`` (moved once, lazily)."""
+        if self.teacher is None:
+            raise DistilledEmbeddingError(
+                "no teacher is loaded: distillation needs --task "
+                "translation_reconstruction_init (or language_modeling_reconstruction_init) with "
+                "--teacher-path TEACHER.pt"
+            )
+        reference = next(like.parameters())
+        teacher_param = next(self.teacher.parameters())
+        if teacher_param.device != reference.device or teacher_param.dtype != reference.dtype:
+            self.teacher.to(device=reference.device, dtype=reference.dtype)
+        return self.teacher
+
+    def teacher_embedding_targets(self, model) -> List[Tuple[FactorizedEmbedding, torch.Tensor]]:
+        """(student embedding, teacher E on the student's device/dtype) pairs, shared ones once."""
+        if self.teacher_embeddings is None:
+            self.teacher_model(model)  # raises the no-teacher error
+        pairs = []
+        for name, target in self.teacher_embeddings.items():
+            embedding = _get_submodule(model, name)
+            if target.device != embedding.U.device or target.dtype != embedding.U.dtype:
+                target = target.to(device=embedding.U.device, dtype=embedding.U.dtype)
+                self.teacher_embeddings[name] = target
+            pairs.append((embedding, target))
+        return pairs
+
+    # --------------------------------------------------------------------------- teacher loading
+
+    def _load_teacher_state(self):
+        path = self.cfg.teacher_path
+        if not path:
+            raise DistilledEmbeddingError(
+                f"--task {self._task_name()} needs --teacher-path: the trained teacher checkpoint "
+                "(e.g. checkpoints/teacher/checkpoint_best.pt) whose embedding is reconstructed"
+            )
+        if not os.path.isfile(path):
+            raise DistilledEmbeddingError(
+                f"--teacher-path {path}: no such file; train the teacher first or fix the path"
+            )
+        try:
+            state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        except Exception as error:  # torch/pickle raise many types for a non-checkpoint
+            raise DistilledEmbeddingError(
+                f"--teacher-path {path} is not a readable fairseq checkpoint "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                "point it to a checkpoint written by fairseq-train"
+            ) from None
+        if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
+            raise DistilledEmbeddingError(
+                f"--teacher-path {path} is not a fairseq checkpoint (no 'model'/'cfg' entries); "
+                "point it to a checkpoint written by fairseq-train"
+            )
+        return state
+
+    def _validate_teacher(self, state, student_cfg):
+        path = self.cfg.teacher_path
+        teacher_cfg = state["cfg"]["model"]
+        embedding_rows = _teacher_embedding_rows(state["model"])
+        if embedding_rows is None:
+            raise DistilledEmbeddingError(
+                f"--teacher-path {path} has no token embedding (decoder.embed_tokens): it is not a "
+                "transformer translation/language model checkpoint"
+            )
+        expected = len(self.target_dictionary)
+        if embedding_rows != expected:
+            raise DistilledEmbeddingError(
+                f"--teacher-path {path} has a {embedding_rows}-symbol dictionary but the data "
+                f"({self.cfg.data}) has {expected}: binarize the student's data with the teacher's "
+                "dictionary (fairseq-preprocess --srcdict/--tgtdict) or use the matching teacher"
+            )
+        self._validate_teacher_symbols(teacher_cfg, state)
+        teacher_sharing, student_sharing = _sharing(teacher_cfg), _sharing(student_cfg)
+        for name in ARCHITECTURE_FIELDS + SHARING_FIELDS:
+            teacher_value = teacher_sharing.get(name, _config_value(teacher_cfg, name))
+            student_value = student_sharing.get(name, _config_value(student_cfg, name))
+            if teacher_value is None or student_value is None:
+                continue
+            if teacher_value != student_value:
+                flag = "--" + name.replace("_", "-")
+                raise DistilledEmbeddingError(
+                    f"--teacher-path {path} was trained with {name}={teacher_value} but the "
+                    f"student has {flag} {student_value}: set {flag} to match the teacher "
+                    "(the student copies the teacher's weights)"
+                )
+
+    def _validate_teacher_symbols(self, teacher_cfg, state):
+        """Compare dictionaries symbol by symbol when the teacher's data directory is reachable."""
+        teacher_task = state["cfg"]["task"]
+        data = _config_value(teacher_task, "data")
+        if not data:
+            return
+        for dictionary in self._dictionaries():
+            lang = dictionary["lang"]
+            candidate = os.path.join(str(data).split(":")[0], f"dict.{lang}.txt")
+            if not os.path.isfile(candidate):
+                logger.warning(
+                    f"teacher dictionary {candidate} not found: checked the size only"
+                )
+                continue
+            teacher_dictionary = Dictionary.load(candidate)
+            if teacher_dictionary.symbols != dictionary["dictionary"].symbols:
+                raise DistilledEmbeddingError(
+                    f"--teacher-path {self.cfg.teacher_path}: its dictionary {candidate} differs "
+                    f"from this data's dict.{lang}.txt (same size, different symbols): binarize "
+                    f"with fairseq-preprocess --srcdict/--tgtdict {candidate}"
+                )
+
+    def _build_teacher(self, state):
+        models, _ = checkpoint_utils.load_model_ensemble(
+            [self.cfg.teacher_path], task=self, state=state
+        )
+        teacher = models[0]
+        teacher.eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        teacher_params = sum(p.numel() for p in teacher.parameters())
+        logger.info(f"loaded frozen teacher {self.cfg.teacher_path} ({teacher_params:,} params)")
+        return teacher
+
+    # --------------------------------------------------------------------------- initialisation
+
+    def _student_embeddings(self, student):
+        embeddings = _named_factorized_embeddings(student)
+        if not embeddings:
+            raise DistilledEmbeddingError(
+                f"--task {self._task_name()} needs a student with a factorized embedding: use a "
+                "distilled_transformer* (or distilled_transformer_lm*) --arch"
+            )
+        return embeddings
+
+    def _pair_embeddings(self, student, teacher):
+        """Map each distinct student FactorizedEmbedding (by name) to the teacher's dense E."""
+        pairs = {}
+        for name, _ in _named_factorized_embeddings(student).items():
+            pairs[name] = _dense_weight(_get_submodule(teacher, name)).detach().float().clone()
+        return pairs
+
+    def _initialise_student(self, student, teacher, student_embeddings):
+        for name, embedding in student_embeddings.items():
+            self._initialise_embedding(name, embedding, self.teacher_embeddings[name])
+        copied, skipped = _copy_non_embedding_weights(student, teacher)
+        logger.info(
+            f"copied {copied} non-embedding parameter tensors from the teacher; not copied "
+            f"(replaced by the factorization): {', '.join(skipped) or 'none'}"
+        )
+
+    def _initialise_embedding(self, name, embedding, target):
+        method = self.cfg.embedding_init
+        rank, activation = embedding.rank, embedding.activation
+        svd_error = factorization.svd_relative_error(target, rank)
+        svd_error_below = factorization.svd_relative_error(target, rank - 1)
+        if method == "random":
+            approx = embedding.materialize().detach()
+            logger.info(
+                f"{name}: random init (ablation); relative error "
+                f"{factorization.relative_error(target, approx):.4f} vs rank-{rank} SVD "
+                f"{svd_error:.4f}"
+            )
+            return
+        if method == "svd":
+            u, w = factorization.initial_factors(target, rank, activation, "svd")
+        else:
+            result = factorization.fit_reconstruction(
+                target,
+                rank,
+                activation=activation,
+                max_steps=self.cfg.reconstruction_steps,
+                lr=self.cfg.reconstruction_lr,
+                min_relative_improvement=self.cfg.reconstruction_min_improvement,
+                device=self._reconstruction_device(),
+                log=lambda step, error: logger.info(
+                    f"{name}: reconstruction step {step} relative error {error:.4f}"
+                ),
+            )
+            u, w = result.U.cpu(), result.W.cpu()
+            logger.info(
+                f"{name}: reconstruction done in {result.steps} steps, {result.seconds:.1f}s "
+                f"(start {result.start_relative_error:.4f})"
+            )
+        embedding.load_factors(u, w)
+        error = factorization.relative_error(target, embedding.materialize().detach())
+        logger.info(
+            f"{name}: --embedding-init {method} rank {rank} f={activation}: relative Frobenius "
+            f"error {error:.4f} | rank-{rank} SVD {svd_error:.4f} | rank-{rank - 1} SVD "
+            f"{svd_error_below:.4f}"
+        )
+        if method == "svd" and activation not in ("linear",):
+            logger.warning(
+                f"--embedding-init svd with --embedding-activation {activation}: f(U) changes the "
+                "SVD factors (use --embedding-activation linear for the linear SVD baseline)"
+            )
+
+    def _reconstruction_device(self):
+        if torch.cuda.is_available() and not self.cfg.cpu:
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def _resume_checkpoint_path(self) -> Optional[str]:
+        """The checkpoint fairseq-train will restore the student from, if it exists (as fairseq)."""
+        restore_file = self.cfg.restore_file
+        if restore_file == "checkpoint_last.pt":
+            path = os.path.join(self.cfg.save_dir, "checkpoint_last.pt")
+        else:
+            path = restore_file
+        return path if path and os.path.isfile(path) else None
+
+    def _task_name(self):
+        return getattr(self.cfg, "_name", None) or type(self).__name__
+
+    def _dictionaries(self):
+        raise NotImplementedError
+
+
+@register_task("translation_reconstruction_init", dataclass=TranslationReconstructionInitConfig)
+class TranslationReconstructionInitTask(ReconstructionInitMixin, TranslationTask):
+    """Translation whose factorized student starts from (and distils from) a trained teacher."""
+
+    def _dictionaries(self):
+        return [
+            {"lang": self.cfg.source_lang, "dictionary": self.source_dictionary},
+            {"lang": self.cfg.target_lang, "dictionary": self.target_dictionary},
+        ]
+
+
+# ------------------------------------------------------------------------------- module helpers
+
+
+def _get_submodule(model, dotted_name):
+    """Resolve ``decoder.embed_tokens`` on a model or a fairseq DDP wrapper (which proxies attrs)."""
+    return functools.reduce(getattr, dotted_name.split("."), model)
+
+
+def _named_factorized_embeddings(model) -> Dict[str, FactorizedEmbedding]:
+    """Distinct FactorizedEmbeddings by their first (shortest) name; output projections skipped."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, FactorizedEmbedding) and "output_projection" not in name:
+            if all(module is not other for other in found.values()):
+                found[name] = module
+    return found
+
+
+def _dense_weight(module):
+    if isinstance(module, FactorizedEmbedding):
+        return module.materialize()
+    return module.weight
+
+
+def _teacher_embedding_rows(model_state) -> Optional[int]:
+    for key in ("decoder.embed_tokens.weight", "decoder.embed_tokens.U"):
+        if key in model_state:
+            return model_state[key].shape[0]
+    return None
+
+
+def _sharing(cfg):
+    """Effective embedding sharing: --share-all-embeddings implies decoder input/output sharing."""
+    share_all = bool(_config_value(cfg, "share_all_embeddings"))
+    share_decoder = share_all or bool(_config_value(cfg, "share_decoder_input_output_embed"))
+    return {"share_all_embeddings": share_all, "share_decoder_input_output_embed": share_decoder}
+
+
+def _config_value(cfg, name):
+    try:
+        return utils.safe_getattr(cfg, name, None)
+    except Exception:  # omegaconf struct configs raise on unknown keys
+        return None
+
+
+def _copy_non_embedding_weights(student, teacher):
+    """Copy every student tensor not owned by a factorized embedding from the teacher (strict)."""
+    teacher_state = teacher.state_dict()
+    student_state = student.state_dict()
+    factorized_keys = {
+        f"{name}.{param}"
+        for name, module in student.named_modules(remove_duplicate=False)
+        if isinstance(module, FactorizedEmbedding)
+        for param in ("U", "W")
+    }
+    copied = 0
+    with torch.no_grad():
+        for key, tensor in student_state.items():
+            if key in factorized_keys:
+                continue
+            if key not in teacher_state or teacher_state[key].shape != tensor.shape:
+                found = tuple(teacher_state[key].shape) if key in teacher_state else "missing"
+                raise DistilledEmbeddingError(
+                    f"--teacher-path: the teacher's {key} is {found}, the student needs "
+                    f"{tuple(tensor.shape)}: use the teacher's architecture family for --arch"
+                )
+            tensor.copy_(teacher_state[key])
+            copied += 1
+    skipped = sorted(key for key in teacher_state if key not in student_state)
+    return copied, skipped
