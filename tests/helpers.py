@@ -1,0 +1,207 @@
+"""Helpers shared by the test suite (importable as ``helpers`` from any test: pytest puts ``tests/``
+on ``sys.path`` because ``tests/conftest.py`` lives there and ``tests/`` is not a package).
+
+Everything here is plain functions and constants; the session fixtures built on them live in
+``tests/conftest.py``.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+#: what ``--user-dir`` gets in every CLI test
+PLUGIN_DIR = REPO_ROOT / "fairseq_distilled_emb"
+#: the read-only project data (absent in a user's clone: the fixtures then generate a corpus)
+SHARED_MULTI30K = REPO_ROOT.parent / "shared" / "data" / "multi30k"
+#: the console scripts of the interpreter running the tests (fairseq-train, fairseq-generate, ...)
+BIN_DIR = Path(sys.executable).parent
+
+DEFAULT_TIMEOUT = 600
+
+
+class FairseqCommandError(AssertionError):
+    """A ``fairseq-*`` command exited non-zero (or timed out) when it was expected to succeed."""
+
+
+def fairseq_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of every CLI run: 2 OpenMP threads, no CUDA, unbuffered output.
+
+    ``OMP_WAIT_POLICY=PASSIVE`` keeps idle OpenMP threads from spin-waiting: on a 2-core machine
+    shared with any other busy process, spinning threads made a 3 s training run take 100 s.
+    It does not change results.
+    """
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="2",
+        OMP_WAIT_POLICY="PASSIVE",
+        MKL_NUM_THREADS="2",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONUNBUFFERED="1",
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def console_script(tool: str) -> Path:
+    """The console script ``fairseq-<tool>`` (``tool`` may include the prefix) next to python."""
+    name = tool if tool.startswith("fairseq-") else f"fairseq-{tool}"
+    path = BIN_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is fairseq installed in {sys.prefix}?")
+    return path
+
+
+def run_fairseq(
+    tool: str,
+    *args,
+    check: bool = True,
+    input: Optional[str] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    cwd: Optional[os.PathLike] = None,
+    env: Optional[Dict[str, str]] = None,
+) -> subprocess.CompletedProcess:
+    """Run the real console script ``fairseq-<tool>`` with ``args`` and capture its text output.
+
+    ``--user-dir`` is NOT added: pass ``"--user-dir", PLUGIN_DIR`` where the plugin is wanted (so a
+    test can also run stock fairseq). With ``check=True`` a non-zero exit raises
+    :class:`FairseqCommandError` carrying the command and the last 3000 characters of the output.
+    Note that fairseq logs to *stdout*; use :func:`combined_output` to search both streams.
+    """
+    command = [str(console_script(tool))] + [str(a) for a in args]
+    try:
+        result = subprocess.run(
+            command,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env=fairseq_env(env),
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = _text(exc.stdout) + _text(exc.stderr)
+        raise FairseqCommandError(
+            f"timed out after {timeout}s: {' '.join(command)}\n{output[-3000:]}"
+        ) from None
+    if check and result.returncode != 0:
+        raise FairseqCommandError(
+            f"exit {result.returncode}: {' '.join(command)}\n{combined_output(result)[-3000:]}"
+        )
+    return result
+
+
+def run_python(code: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (a clean ``sys.modules``/torch state), capturing text."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=fairseq_env(),
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"python -c exited {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}"
+        )
+    return result
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def combined_output(result: subprocess.CompletedProcess) -> str:
+    return (result.stdout or "") + (result.stderr or "")
+
+
+# ----------------------------------------------------------------------------- log parsing
+
+_KEY_VALUE = re.compile(r"(\w+)=([^\s,]+)")
+
+
+def parse_log_stats(log: str, tag: str = "train_inner") -> List[Dict[str, str]]:
+    """The statistics of each ``--log-format simple`` line of logger ``tag``, in order.
+
+    ``tag`` is ``train_inner`` (every --log-interval updates; ``key=value, ...``), ``train`` (end of
+    epoch) or ``valid`` (``| key value |`` segments). Values stay strings so comparisons are exact;
+    e.g. ``float(parse_log_stats(log)[-1]["loss"])``.
+    """
+    rows = []
+    for line in log.splitlines():
+        if f"| {tag} |" not in line:
+            continue
+        rest = line.split(f"| {tag} |", 1)[1]
+        if "=" in rest:
+            rows.append(dict(_KEY_VALUE.findall(rest)))
+        else:
+            segments = [segment.split() for segment in rest.split("|")]
+            rows.append({s[0]: s[1] for s in segments if len(s) == 2})
+    return rows
+
+
+def hypotheses(output: str) -> Dict[int, str]:
+    """``{sentence id: hypothesis text}`` from fairseq-generate/-interactive ``H-<id>`` lines."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith("H-"):
+            head, _score, *text = line.split("\t")
+            found[int(head[2:])] = text[0] if text else ""
+    return found
+
+
+def dense_transformer_tiny_train_args(data_bin, save_dir, max_update: int = 10) -> List[str]:
+    """Arguments for a stock dense ``transformer_tiny`` (shared embeddings), logging every update.
+
+    Used by the ``tiny_dense_checkpoint`` fixture and by the test that the plugin's import leaves
+    stock fairseq training bit-for-bit unchanged (same arguments plus ``--user-dir``).
+    """
+    return [
+        data_bin,
+        "--arch", "transformer_tiny", "--share-all-embeddings",
+        "--task", "translation",
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+        "--optimizer", "adam", "--lr", "5e-3",
+        "--max-tokens", "2000", "--max-update", str(max_update),
+        "--log-format", "simple", "--log-interval", "1",
+        "--cpu", "--seed", "1", "--num-workers", "0",
+        "--no-epoch-checkpoints", "--save-dir", save_dir,
+    ]
+
+
+#: statistics that measure time or speed, not the computation: left out of exact comparisons
+TIMING_KEYS = {"wps", "ups", "train_wall", "wall", "gb_free", "wpb_per_second"}
+
+
+def without_timing(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def build_model_from_flags(data_bin, *flags, arch: str = "distilled_transformer_tiny"):
+    """``(args, task, model)`` built in-process exactly as ``fairseq-train`` would build them.
+
+    Uses fairseq's own training parser (``options.parse_args_and_arch``) with ``--user-dir
+    PLUGIN_DIR --task translation --cpu``; ``flags`` are further command-line flags such as
+    ``"--share-all-embeddings", "--embedding-compression", "4"``.
+    """
+    from fairseq import options, tasks
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser,
+        input_args=[
+            str(data_bin), "--user-dir", str(PLUGIN_DIR), "--arch", arch,
+            "--task", "translation", "--cpu", *[str(f) for f in flags],
+        ],
+    )
+    task = tasks.setup_task(args)
+    model = task.build_model(args)
+    return args, task, model
