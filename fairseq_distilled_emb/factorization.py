@@ -110,6 +110,28 @@ def resolve_rank(
     return validate_rank(num_embeddings, embedding_dim, int(rank))
 
 
+def dense_transformer_params(vocab: int, dim: int, ffn: int, encoder_layers: int,
+                             decoder_layers: int) -> int:
+    """Parameters of fairseq's post-norm ``transformer`` with --share-all-embeddings.
+
+    Sinusoidal positions have no parameters; each encoder layer holds self-attention (4 d×d + bias),
+    two LayerNorms and the FFN; each decoder layer adds encoder attention and a third LayerNorm.
+    """
+    encoder_layer = 4 * (dim * dim + dim) + 2 * 2 * dim + 2 * dim * ffn + ffn + dim
+    decoder_layer = 8 * (dim * dim + dim) + 3 * 2 * dim + 2 * dim * ffn + ffn + dim
+    return vocab * dim + encoder_layers * encoder_layer + decoder_layers * decoder_layer
+
+
+def matching_dense_dim(vocab: int, layers: Tuple[int, int], heads: int, target_params: int) -> int:
+    """The width (a multiple of 2·heads, FFN 4×) of a dense model closest to ``target_params``."""
+    step = 2 * heads
+    candidates = range(step, 4096, step)
+    return min(
+        candidates,
+        key=lambda dim: abs(dense_transformer_params(vocab, dim, 4 * dim, *layers) - target_params),
+    )
+
+
 # ----------------------------------------------------------------------------- initial factors
 
 
@@ -179,6 +201,8 @@ def _last_direction(left, root, right_t, rank):
         raise DistilledEmbeddingError(f"rank {rank} exceeds the embedding's rank {root.numel()}")
     coefficient = left[:, rank - 1] * root[rank - 1]
     direction = root[rank - 1] * right_t[rank - 1]
+    if root[rank - 1] ** 2 <= 1e-6 * root[0] ** 2:  # σ_r ≈ 0: nothing left to add but noise
+        return torch.zeros_like(coefficient), torch.zeros_like(direction)
     if coefficient.clamp_max(0).pow(2).sum() > coefficient.clamp_min(0).pow(2).sum():
         coefficient, direction = -coefficient, -direction
     return coefficient, direction
@@ -290,10 +314,10 @@ def fit_reconstruction(
         if previous - error < min_relative_improvement * previous:
             break
         previous = error
-    root_scale = scale.sqrt()
-    best_u, best_w = best_u * root_scale, best_w * root_scale
-    if activation in ("relu", "linear"):
-        best_u, best_w = balance_factors(best_u, best_w)
+    if activation in ("relu", "linear"):  # positively homogeneous: split the scale, rebalance
+        best_u, best_w = balance_factors(best_u * scale.sqrt(), best_w * scale.sqrt())
+    else:  # f(c·U) != c·f(U): only W may absorb the target's scale
+        best_w = best_w * scale
     return ReconstructionResult(
         U=best_u,
         W=best_w,

@@ -215,13 +215,6 @@ def test_sign_aware_factors_cover_a_rank_r_minus_1_matrix(seed):
     assert fz.relative_error(target, torch.relu(plain_a) @ plain_b) > 0.1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: sign_aware_factors is ill-conditioned when the r-th singular value is ~0 "
-    "(an exactly rank-(r-1) target): _fit_last_direction picks the weight of the noise direction "
-    "from a quantile of noise, shifting U's rows by up to ~3e3, and the float32 cancellation "
-    "leaves a relative error of ~6e-5 (max |error| 5e-3) instead of the SVD's ~1e-6: not 'exactly'",
-)
 def test_sign_aware_factors_reproduce_a_rank_r_minus_1_matrix_exactly():
     rank = 6
     for seed in (0, 1, 2):
@@ -304,30 +297,7 @@ def test_fit_reconstruction_calls_log_at_each_check():
     assert seen == result.history[1:]
 
 
-@pytest.mark.parametrize(
-    "activation",
-    [
-        "relu",
-        "linear",
-        pytest.param(
-            "gelu",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="package bug: fit_reconstruction rescales U and W by sqrt(RMS of the target)"
-                " for every activation, but gelu/tanh are not positively homogeneous, so "
-                "f(result.U) @ result.W no longer equals the product whose error is reported",
-            ),
-        ),
-        pytest.param(
-            "tanh",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="package bug: fit_reconstruction rescales U by sqrt(target RMS) under tanh,"
-                " which changes tanh(U) @ W: the returned factors miss the reported error",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("activation", ["relu", "linear", "gelu", "tanh"])
 def test_fit_reconstruction_factors_reproduce_reported_error(activation):
     target = decaying_spectrum(seed=0)  # RMS ≈ 0.085: any wrong rescaling shows
     result = fz.fit_reconstruction(target, 6, activation=activation, max_steps=300)

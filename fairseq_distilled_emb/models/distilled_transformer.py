@@ -27,18 +27,17 @@ logger = logging.getLogger(__name__)
 
 def add_factorized_embedding_args(parser):
     """The flags every distilled architecture (translation and LM) shares."""
-    group = parser.add_argument_group("Distilled Embedding (factorized embedding)")
-    group.add_argument(
+    parser.add_argument(
         "--embedding-rank", type=int, metavar="R",
         help="rank r of the factorization E ≈ f(U)·W (U: V×r, W: r×d); "
         "mutually exclusive with --embedding-compression",
     )
-    group.add_argument(
+    parser.add_argument(
         "--embedding-compression", type=float, metavar="X",
         help="pick the largest rank whose factorized embedding has at most 1/X of the dense "
         "embedding's V·d parameters (e.g. 8)",
     )
-    group.add_argument(
+    parser.add_argument(
         "--embedding-activation", choices=factorization.ACTIVATIONS,
         help="non-linearity f applied element-wise to U (default: relu, as in the paper)",
     )

@@ -1,0 +1,412 @@
+#!/usr/bin/env python
+"""Multi30k De→En: dense teacher → Distilled Embedding students and baselines → sacreBLEU table.
+
+Every stage runs stock fairseq commands (fairseq-preprocess, fairseq-train, fairseq-generate) and writes
+its output under ``--results``; a stage whose output exists is skipped, so an interrupted run continues
+where it stopped. Profiles: ``ci`` (a few hundred sentences, a few updates: the test of this script),
+``demo`` (``make demo``: a short run, ≤ 20 minutes on 2 CPU cores) and ``full`` (``make benchmark``:
+the teacher recipe of the benchmark, every baseline row; use a GPU).
+
+    python examples/multi30k/run.py --profile demo --results results/multi30k-demo
+"""
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from fairseq_distilled_emb import evaluation, factorization  # noqa: E402
+from benchmarks import report  # noqa: E402
+
+logger = logging.getLogger("multi30k")
+PLUGIN = REPO / "fairseq_distilled_emb"
+SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+DOWNLOAD = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}.{lang}.gz"
+
+
+# ------------------------------------------------------------------------------------ profiles
+
+
+@dataclass
+class Profile:
+    """Everything a profile changes: data size, model size, update budgets and which rows run."""
+
+    max_sentences: Optional[int]  # lines of each split used (None = all)
+    vocab_size: int
+    teacher_arch: List[str]
+    teacher_train: List[str]
+    student_train: List[str]
+    rows: List[str]
+    eval_batch_size: int = 128
+    max_tokens: int = 4096
+    notes: str = ""
+
+
+COMMON_TRAIN = [
+    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
+    "--lr-scheduler", "inverse_sqrt", "--weight-decay", "0.0001",
+    "--label-smoothing", "0.1", "--no-epoch-checkpoints", "--log-format", "simple",
+    "--log-interval", "50", "--seed", "1",
+]
+MODEL_256 = [
+    "--encoder-layers", "3", "--decoder-layers", "3", "--encoder-embed-dim", "256",
+    "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024", "--decoder-ffn-embed-dim",
+    "1024", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.3",
+]
+MODEL_128 = [
+    "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128",
+    "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim",
+    "512", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.1",
+]
+ALL_ROWS = [
+    "smaller_dim", "svd_linear_8x", "random_init_8x", "distilled_no_kd_8x", "distilled_linear_8x",
+    "distilled_4x", "distilled_8x", "distilled_16x", "distilled_output_kd_8x",
+]
+PROFILES = {
+    "ci": Profile(
+        max_sentences=300, vocab_size=500, teacher_arch=MODEL_128,
+        teacher_train=["--lr", "1e-3", "--warmup-updates", "10", "--max-update", "12"],
+        student_train=["--lr", "5e-4", "--warmup-updates", "5", "--max-update", "6"],
+        rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x"],
+        eval_batch_size=64, max_tokens=2000,
+        notes="CI profile: a few hundred sentences and a few updates; BLEU is meaningless here.",
+    ),
+    "demo": Profile(
+        max_sentences=None, vocab_size=8000, teacher_arch=MODEL_128,
+        teacher_train=["--lr", "2e-3", "--warmup-updates", "300", "--max-update", "1100"],
+        student_train=["--lr", "5e-4", "--warmup-updates", "50", "--max-update", "150"],
+        rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x"],
+        notes="Demo profile: a small teacher (d=128, 2+2 layers, 1,100 updates) and 150 "
+        "fine-tuning updates per student, sized for ~15 minutes on 2 CPU cores.",
+    ),
+    "full": Profile(
+        max_sentences=None, vocab_size=8000, teacher_arch=MODEL_256,
+        teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "60",
+                       "--patience", "5"],
+        student_train=["--lr", "3e-4", "--warmup-updates", "200", "--max-update", "2000"],
+        rows=ALL_ROWS,
+        notes="Full profile: teacher 3+3 layers d=256 ffn 1024 (early stopping on valid loss, "
+        "patience 5, ≤60 epochs); every student row gets the same 2,000 fine-tuning updates.",
+    ),
+}
+
+# Each row: the student's flags on top of the profile's; "task" selects how it starts.
+ROW_FLAGS: Dict[str, Dict] = {
+    "svd_linear_8x": dict(compression=8, flags=["--embedding-init", "svd",
+                                                "--embedding-activation", "linear",
+                                                "--embedding-distill-weight", "0"]),
+    "random_init_8x": dict(compression=8, flags=["--embedding-init", "random"]),
+    "distilled_no_kd_8x": dict(compression=8, flags=["--embedding-distill-weight", "0"]),
+    "distilled_linear_8x": dict(compression=8, flags=["--embedding-activation", "linear"]),
+    "distilled_4x": dict(compression=4, flags=[]),
+    "distilled_8x": dict(compression=8, flags=[]),
+    "distilled_16x": dict(compression=16, flags=[]),
+    "distilled_output_kd_8x": dict(compression=8, flags=["--kd-alpha", "0.5",
+                                                         "--kd-temperature", "2"]),
+}
+ROW_DESCRIPTIONS = {
+    "teacher": "dense teacher (stock transformer)",
+    "smaller_dim": "smaller-dim dense, same total params as the 8x student, from scratch",
+    "svd_linear_8x": "truncated-SVD linear factorization 8x, fine-tuned without KD",
+    "random_init_8x": "ReLU factorization 8x from random init (+ embedding KD)",
+    "distilled_no_kd_8x": "Distilled Embedding 8x without KD (β=0)",
+    "distilled_linear_8x": "Distilled Embedding 8x with linear f",
+    "distilled_4x": "Distilled Embedding 4x (full method)",
+    "distilled_8x": "Distilled Embedding 8x (full method)",
+    "distilled_16x": "Distilled Embedding 16x (full method)",
+    "distilled_output_kd_8x": "Distilled Embedding 8x + output KD (α=0.5, T=2; beyond the paper)",
+}
+
+
+# ------------------------------------------------------------------------------------ plumbing
+
+
+def fairseq_tool(name):
+    """The console script next to this Python (the venv's), falling back to PATH."""
+    candidate = Path(sys.executable).parent / f"fairseq-{name}"
+    return str(candidate) if candidate.exists() else f"fairseq-{name}"
+
+
+def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
+    """Run a command, save its output to ``log_path``, return it; fail with the output's tail.
+
+    stdout and stderr are read separately and joined (not interleaved): fairseq's progress bar
+    writes carriage returns to stderr which would otherwise glue onto the start of stdout lines
+    (``S-5``/``D-5``), making whole sentences look dropped from fairseq-generate's output.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("$ " + " ".join(command))
+    started = time.perf_counter()
+    completed = subprocess.run(command, input=stdin, capture_output=True, text=True)
+    output = completed.stdout + "\n" + completed.stderr
+    log_path.write_text(output)
+    if completed.returncode != 0:
+        raise SystemExit(
+            f"command failed ({completed.returncode}): {' '.join(command)}\n"
+            f"--- last lines of {log_path} ---\n{output[-3000:]}"
+        )
+    logger.info(f"  done in {time.perf_counter() - started:.0f}s (log: {log_path})")
+    return output
+
+
+def write_json(path: Path, payload):
+    """Write atomically: a killed run never leaves a half-written stage marker."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=2))
+    temporary.replace(path)
+
+
+def device_flags(use_gpu: bool, fp16: bool):
+    if not use_gpu:
+        return ["--cpu"]
+    return ["--fp16"] if fp16 else []
+
+
+# ------------------------------------------------------------------------------------ stages
+
+
+def read_split(data_dir: Optional[Path], split: str, lang: str, limit: Optional[int]) -> List[str]:
+    """Lines of one raw split: ../shared when present, else the public Multi30k files."""
+    name = f"{SPLITS[split]}.{lang}.gz"
+    if data_dir is not None and (data_dir / name).exists():
+        with gzip.open(data_dir / name, "rt", encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    else:
+        url = DOWNLOAD.format(name=SPLITS[split], lang=lang)
+        logger.info(f"{data_dir}/{name} not found: downloading {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                lines = gzip.decompress(response.read()).decode("utf-8").splitlines()
+        except OSError as error:
+            raise SystemExit(
+                f"cannot read Multi30k: {data_dir}/{name} is missing and {url} is unreachable "
+                f"({error}). Pass --data-dir with the raw task-1 files (*.de.gz, *.en.gz)."
+            )
+    return lines[:limit] if limit else lines
+
+
+def prepare(args, profile: Profile, results: Path) -> Path:
+    """Raw text → joint sentencepiece (train side only) → fairseq-preprocess --joined-dictionary."""
+    data_bin = results / "data-bin"
+    if (data_bin / "preprocess.done").exists():
+        return data_bin
+    import sentencepiece as spm
+
+    work = results / "data"
+    work.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        for lang in ("de", "en"):
+            lines = read_split(args.data_dir, split, lang, profile.max_sentences)
+            (work / f"{split}.raw.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    vocab_size = args.vocab_size or profile.vocab_size
+    spm.SentencePieceTrainer.train(
+        input=f"{work}/train.raw.de,{work}/train.raw.en", model_prefix=str(work / "spm"),
+        vocab_size=vocab_size, character_coverage=1.0, model_type="unigram",
+        bos_id=-1, eos_id=-1, minloglevel=2,
+    )
+    processor = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
+    for split in SPLITS:
+        for lang in ("de", "en"):
+            raw = (work / f"{split}.raw.{lang}").read_text(encoding="utf-8").splitlines()
+            pieces = [" ".join(processor.encode(line, out_type=str)) for line in raw]
+            (work / f"{split}.spm.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    if data_bin.exists():
+        shutil.rmtree(data_bin)
+    run([fairseq_tool("preprocess"), "--source-lang", "de", "--target-lang", "en",
+         "--trainpref", f"{work}/train.spm", "--validpref", f"{work}/valid.spm",
+         "--testpref", f"{work}/test.spm", "--destdir", str(data_bin), "--joined-dictionary",
+         "--workers", "2"], results / "logs" / "preprocess.log")
+    (data_bin / "preprocess.done").write_text("ok\n")
+    return data_bin
+
+
+def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, results: Path) -> Dict:
+    """fairseq-train into ``save_dir`` unless its training finished before; returns its timing."""
+    done = save_dir / "train.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    started = time.perf_counter()
+    output = run([fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags,
+                 results / "logs" / f"{log_name}.train.log")
+    summary = parse_train_log(output)
+    summary["train_seconds"] = round(time.perf_counter() - started, 1)
+    write_json(done, summary)
+    return summary
+
+
+def parse_train_log(output: str) -> Dict:
+    """Parameter counts, reconstruction time/error, final train wps from a fairseq-train log."""
+    summary = {}
+    dense = re.search(r"num\. shared model params: ([\d,]+)", output)
+    if dense:
+        summary["total_params"] = int(dense.group(1).replace(",", ""))
+    factorized = re.search(r"factorized params ([\d,]+) .*?total model params ([\d,]+)", output)
+    if factorized:
+        summary["embedding_params"] = int(factorized.group(1).replace(",", ""))
+        summary["total_params"] = int(factorized.group(2).replace(",", ""))
+    recon = re.search(r"reconstruction done in (\d+) steps, ([\d.]+)s", output)
+    if recon:
+        summary["reconstruction_seconds"] = float(recon.group(2))
+    errors = re.search(r"relative Frobenius error ([\d.]+) \| rank-\d+ SVD ([\d.]+) \| "
+                       r"rank-\d+ SVD ([\d.]+)", output)
+    if errors:
+        summary["reconstruction_error"] = float(errors.group(1))
+        summary["svd_error_rank_r"] = float(errors.group(2))
+        summary["svd_error_rank_r_minus_1"] = float(errors.group(3))
+    wps = re.findall(r"\| train \| epoch .*?\| wps ([\d.]+)", output)
+    if wps:
+        summary["train_wps"] = float(wps[-1])
+    updates = re.findall(r"num_updates[ =](\d+)", output)
+    if updates:
+        summary["updates"] = int(updates[-1])
+    return summary
+
+
+def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
+             profile: Profile, name: str) -> Dict:
+    """fairseq-generate --beam 5 on test, sentencepiece-decoded, sacreBLEU vs raw references."""
+    done = out_dir / "eval.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    references = (results / "data" / "test.raw.en").read_text(encoding="utf-8").splitlines()
+    output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
+                  "--path", str(checkpoint), "--gen-subset", "test", "--beam", "5",
+                  "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
+                  "--remove-bpe", "sentencepiece",
+                  "--max-len-a", "1.2", "--max-len-b", "10"]
+                 + device_flags(args.use_gpu, False), results / "logs" / f"{name}.generate.log")
+    score = evaluation.score_generation(output, references)
+    (out_dir / "test.hyp.en").write_text("\n".join(score.hypotheses) + "\n", encoding="utf-8")
+    payload = {"bleu": round(score.bleu, 2), "signature": score.signature,
+               "sentences": score.sentences, "sentences_per_second": score.sentences_per_second,
+               "checkpoint_bytes": checkpoint.stat().st_size}
+    write_json(done, payload)
+    logger.info(f"{name}: BLEU {score.bleu:.2f} ({score.signature})")
+    return payload
+
+
+def teacher_flags(profile: Profile, args) -> List[str]:
+    return (["--arch", "transformer", "--share-all-embeddings", "--task", "translation",
+             "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
+             str(profile.max_tokens)] + profile.teacher_arch + COMMON_TRAIN
+            + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
+
+
+def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
+    spec = ROW_FLAGS[row]
+    return (["--user-dir", str(PLUGIN), "--arch", "distilled_transformer", "--share-all-embeddings",
+             "--task", "translation_reconstruction_init", "--teacher-path", str(teacher),
+             "--embedding-compression", str(spec["compression"]),
+             "--criterion", "label_smoothed_cross_entropy_with_distillation",
+             "--max-tokens", str(profile.max_tokens)]
+            + profile.teacher_arch + COMMON_TRAIN + profile.student_train + spec["flags"]
+            + device_flags(args.use_gpu, args.fp16))
+
+
+def smaller_dim_flags(profile: Profile, args, vocab: int, target_params: int) -> List[str]:
+    """A dense model whose width gives the 8x student's total parameter count, from scratch."""
+    arch = dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))
+    layers = int(arch["--encoder-layers"]), int(arch["--decoder-layers"])
+    heads = int(arch["--encoder-attention-heads"])
+    dim = factorization.matching_dense_dim(vocab, layers, heads, target_params)
+    arch.update({"--encoder-embed-dim": dim, "--decoder-embed-dim": dim,
+                 "--encoder-ffn-embed-dim": 4 * dim, "--decoder-ffn-embed-dim": 4 * dim})
+    arch_flags = [str(item) for pair in arch.items() for item in pair]
+    return (["--arch", "transformer", "--share-all-embeddings", "--task", "translation",
+             "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
+             str(profile.max_tokens)] + arch_flags + COMMON_TRAIN + profile.teacher_train
+            + device_flags(args.use_gpu, args.fp16))
+
+
+def with_overrides(profile: Profile, args) -> Profile:
+    """The profile with the command line's batch size / student budget overrides applied."""
+    student_train = list(profile.student_train)
+    if args.student_updates:
+        student_train[student_train.index("--max-update") + 1] = str(args.student_updates)
+    return replace(profile, max_tokens=args.max_tokens or profile.max_tokens,
+                   student_train=student_train)
+
+
+def dictionary_size(data_bin: Path) -> int:
+    """Symbols in fairseq's joined dictionary: 4 specials + one per line of dict.de.txt."""
+    return 4 + sum(1 for _ in open(data_bin / "dict.de.txt", encoding="utf-8"))
+
+
+def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
+             teacher_summary: Dict) -> Dict[str, Dict]:
+    rows = {}
+    vocab = dictionary_size(data_bin)
+    dim = int(dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))["--encoder-embed-dim"])
+    for row in args.rows or profile.rows:
+        save_dir = results / "rows" / row
+        if row == "smaller_dim":
+            rank = factorization.rank_for_compression(vocab, dim, 8)
+            target = (teacher_summary["total_params"] - vocab * dim
+                      + factorization.factorized_embedding_params(vocab, dim, rank))
+            flags = smaller_dim_flags(profile, args, vocab, target)
+        else:
+            flags = student_flags(row, profile, args, teacher_ckpt)
+        summary = train(data_bin, save_dir, flags, row, results)
+        if row == "smaller_dim":
+            width = int(flags[flags.index("--encoder-embed-dim") + 1])
+            summary["embedding_params"] = vocab * width
+        scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
+                          profile, row)
+        rows[row] = {**summary, **scores, "description": ROW_DESCRIPTIONS[row]}
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="demo")
+    parser.add_argument("--results", type=Path, help="results directory (default results/multi30k-<profile>)")
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "multi30k",
+                        help="raw Multi30k task-1 files (*.de.gz, *.en.gz)")
+    parser.add_argument("--vocab-size", type=int, help="sentencepiece vocabulary (default: the profile's; 8000)")
+    parser.add_argument("--rows", nargs="*", choices=ALL_ROWS, help="student/baseline rows to run")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="train in fp32 on GPU")
+    parser.add_argument("--max-tokens", type=int, help="override the profile's --max-tokens")
+    parser.add_argument("--student-updates", type=int,
+                        help="override the profile's fine-tuning updates per student row")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s", stream=sys.stdout)
+    import torch
+
+    args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
+    profile = with_overrides(PROFILES[args.profile], args)
+    results = args.results or REPO / "results" / f"multi30k-{args.profile}"
+    results.mkdir(parents=True, exist_ok=True)
+    data_bin = prepare(args, profile, results)
+    teacher_dir = results / "teacher"
+    teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher", results)
+    teacher_ckpt = teacher_dir / "checkpoint_best.pt"
+    teacher_scores = evaluate(data_bin, teacher_ckpt, teacher_dir, results, args, profile, "teacher")
+    vocab = dictionary_size(data_bin)
+    dim = int(dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))["--encoder-embed-dim"])
+    rows = {"teacher": {**teacher_summary, **teacher_scores, "embedding_params": vocab * dim,
+                        "description": ROW_DESCRIPTIONS["teacher"]}}
+    rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))
+    meta = {"profile": args.profile, "notes": profile.notes, "vocab": vocab, "dim": dim,
+            "device": torch.cuda.get_device_name(0) if args.use_gpu else "cpu",
+            "command": " ".join([Path(sys.executable).name] + sys.argv)}
+    table = report.write_report(results, rows, meta)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
