@@ -1,4 +1,4 @@
-"""Make fairseq 0.12 checkpoints load under torch >= 2.6 without turning safe loading off.
+"""Keep fairseq 0.12 working on today's stack: torch >= 2.6 checkpoint loading and numpy 2.
 
 torch 2.6 switched ``torch.load`` to ``weights_only=True``. fairseq 0.12 calls ``torch.load`` without
 that argument, so every stock command (``fairseq-generate``, ``fairseq-interactive``,
@@ -12,6 +12,7 @@ configs, the omegaconf containers of hydra configs, and fairseq's own logging me
 import argparse
 import collections
 import logging
+import types
 
 import torch
 
@@ -57,7 +58,9 @@ def _numpy_scalar_globals():
     """numpy scalars (e.g. a ``best_loss`` computed with numpy) pickle through these."""
     import numpy as np
 
-    found = [np.dtype, np.ndarray, np.core.multiarray.scalar, np.core.multiarray._reconstruct]
+    multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core to np._core
+    multiarray = multiarray.multiarray
+    found = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
     found += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
     return found
 
@@ -68,3 +71,15 @@ def allow_fairseq_checkpoints_in_safe_torch_load():
     if add_safe_globals is None:  # torch < 2.4 has no restricted default: nothing to do
         return
     add_safe_globals(fairseq_checkpoint_globals())
+
+
+def restore_numpy_compat_long():
+    """fairseq 0.12 uses ``np.compat.long`` (language_pair_dataset, token_block_dataset).
+
+    numpy 2 removed ``np.compat``. ``setup.py`` pins ``numpy<2`` for a fresh install, but GPU images
+    often ship numpy 2 already; there, this restores the one alias fairseq needs (it was ``int``).
+    """
+    import numpy as np
+
+    if not hasattr(np, "compat"):
+        np.compat = types.SimpleNamespace(long=int)
