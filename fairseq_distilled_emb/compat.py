@@ -58,8 +58,10 @@ def _numpy_scalar_globals():
     """numpy scalars (e.g. a ``best_loss`` computed with numpy) pickle through these."""
     import numpy as np
 
-    multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core to np._core
-    multiarray = multiarray.multiarray
+    if int(np.__version__.split(".")[0]) >= 2:  # numpy 2 renamed np.core to np._core
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
     found = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
     found += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
     return found

@@ -6,6 +6,7 @@ Dependency chain (each built once per session, in a pytest tmp dir)::
 
     multi30k_corpus -> spm_corpus -> data_bin -> tiny_student_checkpoint  (distilled_..._tiny)
                                               -> tiny_dense_checkpoint    (stock transformer_tiny)
+                                              -> tiny_teacher             (stock, 150 updates)
 
 The corpus is the first 1,500 training / 200 validation / 200 test sentences of Multi30k De–En from
 ``../shared/data/multi30k`` when that folder exists. A user's clone has no ``../shared``: the
@@ -302,6 +303,28 @@ def tiny_dense_checkpoint(data_bin, tmp_path_factory) -> TrainRun:
     save_dir = tmp_path_factory.mktemp("tiny-dense")
     result = run_fairseq(
         "train", *helpers.dense_transformer_tiny_train_args(data_bin, save_dir), timeout=600
+    )
+    run = TrainRun(save_dir, result.stdout, result.stderr)
+    assert run.best.exists(), f"no checkpoint_best.pt in {save_dir}:\n{run.log[-3000:]}"
+    return run
+
+
+TINY_TEACHER_MAX_UPDATE = 150
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(data_bin, tmp_path_factory) -> TrainRun:
+    """A stock dense ``transformer_tiny`` teacher (shared embeddings) trained for 150 updates
+    WITHOUT the plugin, so its embedding is a real trained one: the teacher of the
+    reconstruction-init and distillation tests."""
+    save_dir = tmp_path_factory.mktemp("tiny-teacher")
+    result = run_fairseq(
+        "train",
+        *helpers.dense_transformer_tiny_train_args(
+            data_bin, save_dir, max_update=TINY_TEACHER_MAX_UPDATE
+        ),
+        "--log-interval", "25",
+        timeout=600,
     )
     run = TrainRun(save_dir, result.stdout, result.stderr)
     assert run.best.exists(), f"no checkpoint_best.pt in {save_dir}:\n{run.log[-3000:]}"

@@ -205,3 +205,39 @@ def build_model_from_flags(data_bin, *flags, arch: str = "distilled_transformer_
     task = tasks.setup_task(args)
     model = task.build_model(args)
     return args, task, model
+
+
+def build_student_from_teacher(data_bin, teacher_path, save_dir, *flags,
+                               arch: str = "distilled_transformer_tiny",
+                               sharing=("--share-all-embeddings",), compression="4"):
+    """``(args, task, model)`` of ``--task translation_reconstruction_init`` built in-process.
+
+    By default the student shares all embeddings (as the teacher fixtures do) at compression 4
+    (``sharing``/``compression`` change that) and uses ``--save-dir save_dir``
+    (the task looks there for a checkpoint to resume from). ``flags`` add or override flags, e.g.
+    ``"--embedding-init", "svd"`` or ``"--criterion", "label_smoothed_cross_entropy_with_distillation"``.
+    """
+    from fairseq import options, tasks
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser,
+        input_args=[
+            str(data_bin), "--user-dir", str(PLUGIN_DIR), "--arch", arch,
+            "--task", "translation_reconstruction_init", "--teacher-path", str(teacher_path),
+            *sharing, *(["--embedding-compression", compression] if compression else []),
+            "--cpu", "--save-dir", str(save_dir), *[str(f) for f in flags],
+        ],
+    )
+    task = tasks.setup_task(args)
+    model = task.build_model(args)
+    return args, task, model
+
+
+def first_batch(task, split: str = "valid", max_sentences: int = 16):
+    """One real batch of ``split`` (loaded through the task, as fairseq-train would)."""
+    task.load_dataset(split)
+    iterator = task.get_batch_iterator(
+        dataset=task.dataset(split), max_sentences=max_sentences, seed=1
+    ).next_epoch_itr(shuffle=False)
+    return next(iter(iterator))

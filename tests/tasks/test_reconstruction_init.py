@@ -1,0 +1,291 @@
+"""translation_reconstruction_init: teacher validation, reconstruction init, weight copy, resume."""
+
+import re
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules import FactorizedEmbedding
+from helpers import (
+    PLUGIN_DIR,
+    build_student_from_teacher,
+    combined_output,
+    first_batch,
+    parse_log_stats,
+    run_fairseq,
+)
+
+ERROR_LINE = re.compile(
+    r"relative Frobenius error ([\d.]+) \| rank-(\d+) SVD ([\d.]+) \| rank-(\d+) SVD ([\d.]+)"
+)
+
+
+def teacher_state(teacher):
+    return torch.load(teacher.best, weights_only=False)
+
+
+def student_train_args(data_bin, teacher_path, save_dir, max_update=6, *extra):
+    return [
+        data_bin, "--user-dir", PLUGIN_DIR, "--task", "translation_reconstruction_init",
+        "--teacher-path", teacher_path, "--arch", "distilled_transformer_tiny",
+        "--share-all-embeddings", "--embedding-compression", "4",
+        "--criterion", "label_smoothed_cross_entropy_with_distillation",
+        "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "1e-3",
+        "--max-tokens", "2000", "--max-update", str(max_update), "--log-format", "simple",
+        "--log-interval", "1", "--cpu", "--seed", "1", "--num-workers", "0",
+        "--no-epoch-checkpoints", "--save-dir", save_dir, *extra,
+    ]
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+def test_reconstruction_beats_the_rank_r_minus_1_svd_on_a_trained_embedding(tiny_teacher):
+    embedding = teacher_state(tiny_teacher)["model"]["encoder.embed_tokens.weight"].float()
+    embedding = embedding[4:]  # the specials' rows of a fresh dictionary barely train
+    rank = 15
+    result = factorization.fit_reconstruction(embedding, rank, max_steps=400)
+    below = factorization.svd_relative_error(embedding, rank - 1)
+    best = factorization.svd_relative_error(embedding, rank)
+    achieved = factorization.relative_error(embedding, torch.relu(result.U) @ result.W)
+    assert achieved == pytest.approx(result.relative_error, abs=1e-4)
+    assert achieved <= below + 1e-6, (achieved, below)
+    assert achieved >= best - 1e-4, "nothing beats the rank-r truncated SVD (Eckart–Young)"
+
+
+def test_train_log_reports_reconstruction_against_both_svd_errors(data_bin, tiny_teacher, tmp_path):
+    result = run_fairseq("train", *student_train_args(data_bin, tiny_teacher.best, tmp_path, 2))
+    log = combined_output(result)
+    match = ERROR_LINE.search(log)
+    assert match, log[-2000:]
+    error, rank, svd_r, rank_below, svd_below = match.groups()
+    assert int(rank) == int(rank_below) + 1
+    assert float(svd_r) - 1e-4 <= float(error) <= float(svd_below) + 1e-4
+    assert "reconstruction step" in log
+    assert re.search(r"copied \d+ non-embedding parameter tensors from the teacher", log)
+
+
+# ----------------------------------------------------------------------------- weight copy
+
+
+def swap_in_dense_embedding(student, teacher):
+    student.encoder.embed_tokens = teacher.encoder.embed_tokens
+    student.decoder.embed_tokens = teacher.decoder.embed_tokens
+    student.decoder.output_projection = teacher.decoder.output_projection
+
+
+def test_student_with_the_teachers_embedding_reproduces_the_teacher_exactly(
+    data_bin, tiny_teacher, tmp_path
+):
+    _, task, student = build_student_from_teacher(data_bin, tiny_teacher.best, tmp_path)
+    teacher = task.teacher
+    batch = first_batch(task)
+    swap_in_dense_embedding(student, teacher)
+    student.eval()
+    with torch.no_grad():
+        expected = teacher(**batch["net_input"])[0]
+        actual = student(**batch["net_input"])[0]
+    assert torch.equal(actual, expected)
+
+
+def mean_kl_to_teacher(task, student, batch):
+    with torch.no_grad():
+        teacher_lprobs = F.log_softmax(task.teacher(**batch["net_input"])[0], -1)
+        student.eval()
+        student_lprobs = F.log_softmax(student(**batch["net_input"])[0], -1)
+    mask = batch["target"].ne(task.target_dictionary.pad())
+    kl = F.kl_div(student_lprobs, teacher_lprobs, log_target=True, reduction="none").sum(-1)
+    return kl[mask].mean().item()
+
+
+def test_reconstructed_student_is_closer_to_the_teacher_than_a_random_init(
+    data_bin, tiny_teacher, tmp_path
+):
+    kls = {}
+    for init in ("reconstruct", "svd", "random"):
+        activation = "linear" if init == "svd" else "relu"
+        _, task, student = build_student_from_teacher(
+            data_bin, tiny_teacher.best, tmp_path / init, "--embedding-init", init,
+            "--embedding-activation", activation,
+        )
+        kls[init] = mean_kl_to_teacher(task, student, first_batch(task))
+    assert kls["reconstruct"] < 0.5 * kls["random"], kls
+    assert kls["svd"] < 0.5 * kls["random"], kls
+
+
+def test_teacher_is_frozen_and_outside_the_student(data_bin, tiny_teacher, tmp_path):
+    _, task, student = build_student_from_teacher(data_bin, tiny_teacher.best, tmp_path)
+    teacher = task.teacher
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    student_params = {id(p) for p in student.parameters()}
+    assert not any(id(p) in student_params for p in teacher.parameters())
+    assert not any(m is teacher for m in student.modules())
+    embeddings = {id(m) for m in student.modules() if isinstance(m, FactorizedEmbedding)}
+    assert len(embeddings) == 1
+
+
+def test_student_checkpoint_holds_no_teacher_and_loads_without_the_teacher_file(
+    data_bin, tiny_teacher, tmp_path
+):
+    teacher_copy = tmp_path / "teacher.pt"
+    shutil.copy(tiny_teacher.best, teacher_copy)
+    save_dir = tmp_path / "student"
+    run_fairseq("train", *student_train_args(data_bin, teacher_copy, save_dir, 3))
+    state = torch.load(save_dir / "checkpoint_last.pt", weights_only=False)
+    teacher_params = sum(v.numel() for v in teacher_state(tiny_teacher)["model"].values())
+    assert not any("teacher" in key for key in state["model"])
+    assert all(".U" in k or ".W" in k or "embed_tokens.weight" not in k for k in state["model"])
+    optimizer_numel = sum(
+        v["exp_avg"].numel() for v in state["last_optimizer_state"]["state"].values()
+    )
+    assert optimizer_numel < teacher_params  # the teacher is not in the optimizer
+    teacher_copy.unlink()  # decoding must not need the teacher file
+    result = run_fairseq(
+        "generate", data_bin, "--user-dir", PLUGIN_DIR, "--path", save_dir / "checkpoint_last.pt",
+        "--gen-subset", "test", "--beam", "2", "--batch-size", "50", "--cpu",
+        "--required-batch-size-multiple", "1", "--max-len-b", "20",
+    )
+    assert result.stdout.count("\nH-") + result.stdout.startswith("H-") == 200
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_skips_the_reconstruction_and_continues_from_the_last_update(
+    data_bin, tiny_teacher, tmp_path
+):
+    first = run_fairseq(
+        "train", *student_train_args(data_bin, tiny_teacher.best, tmp_path, 4,
+                                     "--save-interval-updates", "4")
+    )
+    assert "reconstruction step" in combined_output(first)
+    restored = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)["model"]
+    second = run_fairseq(
+        "train", *student_train_args(data_bin, tiny_teacher.best, tmp_path, 8,
+                                     "--save-interval-updates", "4")
+    )
+    log = combined_output(second)
+    assert "reconstruction step" not in log
+    assert "skipping the reconstruction init" in log
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", log)
+    updates = [int(row["num_updates"]) for row in parse_log_stats(log)]
+    assert updates and updates[0] == 5 and updates[-1] == 8
+    # the restored weights were trained on, not overwritten by a fresh reconstruction
+    final = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)["model"]
+    key = "encoder.embed_tokens.U"
+    assert not torch.equal(final[key], restored[key])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def corrupt_file(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"this is not a checkpoint\n" * 10)
+    return path
+
+
+def unrelated_checkpoint(tmp_path):
+    path = tmp_path / "unrelated.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    return path
+
+
+def truncated_vocabulary_teacher(tmp_path, teacher):
+    state = teacher_state(teacher)
+    for key in list(state["model"]):
+        if "embed_tokens.weight" in key or "output_projection.weight" in key:
+            state["model"][key] = state["model"][key][:-8].clone()
+    path = tmp_path / "small-vocab-teacher.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", r"--teacher-path .*nope\.pt: no such file"),
+        ("corrupt", r"--teacher-path .*garbage\.pt is not a readable fairseq checkpoint"),
+        ("unrelated", r"--teacher-path .*unrelated\.pt is not a fairseq checkpoint"),
+        ("vocabulary", r"has a \d+-symbol dictionary but the data .* has \d+"),
+    ],
+)
+def test_bad_teacher_file_gives_one_clear_error(data_bin, tiny_teacher, tmp_path, case, message):
+    teacher = {
+        "missing": lambda: tmp_path / "nope.pt",
+        "corrupt": lambda: corrupt_file(tmp_path),
+        "unrelated": lambda: unrelated_checkpoint(tmp_path),
+        "vocabulary": lambda: truncated_vocabulary_teacher(tmp_path, tiny_teacher),
+    }[case]()
+    with pytest.raises(DistilledEmbeddingError, match=message):
+        build_student_from_teacher(data_bin, teacher, tmp_path / "save")
+
+
+def test_no_teacher_path_is_an_error(data_bin, tmp_path):
+    with pytest.raises(DistilledEmbeddingError, match="needs --teacher-path"):
+        build_student_from_teacher(data_bin, "", tmp_path)
+
+
+def test_teacher_dictionary_with_other_symbols_is_rejected(data_bin, tiny_teacher, tmp_path):
+    other = tmp_path / "data-bin"
+    shutil.copytree(data_bin, other)
+    for lang in ("de", "en"):
+        lines = (other / f"dict.{lang}.txt").read_text().splitlines()
+        lines[0], lines[1] = lines[1], lines[0]
+        (other / f"dict.{lang}.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DistilledEmbeddingError, match="same size, different symbols"):
+        build_student_from_teacher(other, tiny_teacher.best, tmp_path / "save")
+
+
+@pytest.mark.parametrize(
+    "flags, sharing, compression, message",
+    [
+        (["--encoder-layers", "3"], ("--share-all-embeddings",), "4",
+         r"encoder_layers=2 but the student has --encoder-layers 3"),
+        (["--encoder-embed-dim", "32", "--decoder-embed-dim", "32"], ("--share-all-embeddings",),
+         "4", r"encoder_embed_dim=64 but the student has --encoder-embed-dim 32"),
+        ([], ("--share-decoder-input-output-embed",), "4",
+         r"share_all_embeddings=True but the student has --share-all-embeddings False"),
+        (["--embedding-rank", "64"], ("--share-all-embeddings",), None,
+         r"--embedding-rank 64 would not compress"),
+        (["--embedding-rank", "0"], ("--share-all-embeddings",), None,
+         r"--embedding-rank 0 must be a positive integer"),
+    ],
+)
+def test_student_incompatible_with_the_teacher_is_rejected(
+    data_bin, tiny_teacher, tmp_path, flags, sharing, compression, message
+):
+    with pytest.raises(DistilledEmbeddingError, match=message):
+        build_student_from_teacher(
+            data_bin, tiny_teacher.best, tmp_path, *flags, sharing=sharing,
+            compression=compression,
+        )
+
+
+def test_dense_student_arch_is_rejected(data_bin, tiny_teacher, tmp_path):
+    with pytest.raises(DistilledEmbeddingError, match="needs a student with a factorized embedding"):
+        build_student_from_teacher(
+            data_bin, tiny_teacher.best, tmp_path, arch="transformer_tiny", compression=None
+        )
+
+
+@pytest.mark.parametrize("case", ["missing", "vocabulary"])
+def test_cli_error_is_one_line_and_writes_nothing(data_bin, tiny_teacher, tmp_path, case):
+    teacher = tmp_path / "nope.pt" if case == "missing" else truncated_vocabulary_teacher(
+        tmp_path, tiny_teacher
+    )
+    save_dir = tmp_path / "save"
+    save_dir.mkdir()
+    (save_dir / "keep.txt").write_text("a user's file")
+    result = run_fairseq("train", *student_train_args(data_bin, teacher, save_dir), check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in combined_output(result)
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(error_lines) == 1 and error_lines[0].startswith("fairseq-train: error: --teacher-path")
+    assert sorted(p.name for p in save_dir.iterdir()) == ["keep.txt"]
+    assert (save_dir / "keep.txt").read_text() == "a user's file"
