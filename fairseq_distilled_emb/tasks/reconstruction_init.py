@@ -99,6 +99,8 @@ class ReconstructionInitMixin:
 
     teacher = None
     teacher_embeddings: Dict[str, torch.Tensor] = None
+    #: configuration fields whose teacher and student values must agree (a task may extend them)
+    architecture_fields: Tuple[str, ...] = ARCHITECTURE_FIELDS
 
     # --------------------------------------------------------------------------- fairseq hooks
 
@@ -196,7 +198,7 @@ class ReconstructionInitMixin:
             )
         self._validate_teacher_symbols(teacher_cfg, state)
         teacher_sharing, student_sharing = _sharing(teacher_cfg), _sharing(student_cfg)
-        for name in ARCHITECTURE_FIELDS + SHARING_FIELDS:
+        for name in self.architecture_fields + SHARING_FIELDS:
             teacher_value = teacher_sharing.get(name, _config_value(teacher_cfg, name))
             student_value = student_sharing.get(name, _config_value(student_cfg, name))
             if teacher_value is None or student_value is None:
@@ -216,8 +218,8 @@ class ReconstructionInitMixin:
         if not data:
             return
         for dictionary in self._dictionaries():
-            lang = dictionary["lang"]
-            candidate = os.path.join(str(data).split(":")[0], f"dict.{lang}.txt")
+            filename = dictionary.get("file") or f"dict.{dictionary['lang']}.txt"
+            candidate = os.path.join(str(data).split(":")[0], filename)
             if not os.path.isfile(candidate):
                 logger.warning(
                     f"teacher dictionary {candidate} not found: checked the size only"
@@ -227,7 +229,7 @@ class ReconstructionInitMixin:
             if teacher_dictionary.symbols != dictionary["dictionary"].symbols:
                 raise DistilledEmbeddingError(
                     f"--teacher-path {self.cfg.teacher_path}: its dictionary {candidate} differs "
-                    f"from this data's dict.{lang}.txt (same size, different symbols): binarize "
+                    f"from this data's {filename} (same size, different symbols): binarize "
                     f"with fairseq-preprocess --srcdict/--tgtdict {candidate}"
                 )
 
@@ -334,6 +336,8 @@ class ReconstructionInitMixin:
         return getattr(self.cfg, "_name", None) or type(self).__name__
 
     def _dictionaries(self):
+        """``[{"dictionary": Dictionary, "lang": "de"} or {..., "file": "dict.txt"}, ...]``: the
+        task's dictionaries and their file in a data directory (``file``, else dict.<lang>.txt)."""
         raise NotImplementedError
 
 
