@@ -5,9 +5,11 @@ Only the builders change (as in fairseq's pointer_generator and linformer plugin
 named architecture calls the matching dense fairseq architecture, so a recipe swaps only ``--arch``.
 """
 
+import argparse
 import logging
 
 from fairseq.models import register_model, register_model_architecture
+from omegaconf import DictConfig, OmegaConf
 from fairseq.models.transformer import TransformerDecoder, TransformerModel
 from fairseq.models.transformer.transformer_legacy import (
     base_architecture,
@@ -55,6 +57,18 @@ def build_factorized_embedding(args, dictionary, embed_dim):
         len(dictionary), embed_dim, rank, dictionary.pad(),
         activation=getattr(args, "embedding_activation", None) or "relu",
     )
+
+
+def as_namespace(args):
+    """A legacy model's config as an argparse Namespace.
+
+    A checkpoint whose model config was saved as a plain dict comes back as a DictConfig, and
+    ``TransformerConfig.from_namespace`` silently drops a DictConfig's keys it does not declare —
+    ours (the rank flags) included. A Namespace keeps them.
+    """
+    if isinstance(args, DictConfig):
+        return argparse.Namespace(**OmegaConf.to_container(args, resolve=True))
+    return args
 
 
 def factorized_embeddings(model):
@@ -107,7 +121,7 @@ class DistilledTransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args, task):
-        model = super().build_model(args, task)
+        model = super().build_model(as_namespace(args), task)
         log_parameter_summary(model)
         return model
 

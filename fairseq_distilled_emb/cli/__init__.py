@@ -1,0 +1,1 @@
+"""``fairseq-distilled-emb`` console script: export, stats and rank subcommands."""

@@ -1,0 +1,197 @@
+"""``fairseq-distilled-emb export``: a compact inference checkpoint from a training checkpoint.
+
+The optimizer and trainer state are dropped, the training-only task/criterion (teacher path,
+distillation weights) are rewritten to fairseq's stock ``translation``/``language_modeling`` and
+``label_smoothed_cross_entropy``, and every remaining object is turned into plain containers, so the
+exported file loads with torch's default ``weights_only=True`` unpickler. ``--fp16`` halves the
+weights; ``--dense`` materialises f(U)·W into a stock dense checkpoint (``transformer*`` arch,
+``embed_tokens.weight``) that plain fairseq loads without the plugin.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Dict
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint, save_checkpoint
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation")
+PLUGIN_TASK_SUFFIX = "_reconstruction_init"
+DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
+DISTILLATION_CRITERION_KEYS = (
+    "embedding_distill_weight", "embedding_distill_rows", "kd_alpha", "kd_temperature",
+)
+RECONSTRUCTION_TASK_KEYS = (
+    "teacher_path", "embedding_init", "reconstruction_steps", "reconstruction_lr",
+    "reconstruction_min_improvement", "save_dir", "restore_file", "cpu",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("checkpoint", type=Path, help="training checkpoint (checkpoint_best.pt)")
+    parser.add_argument("output", type=Path, help="where to write the inference checkpoint")
+    parser.add_argument("--fp16", action="store_true", help="store floating weights in fp16")
+    parser.add_argument("--dense", action="store_true",
+                        help="materialise f(U)W into a stock dense transformer checkpoint that "
+                             "plain fairseq loads without --user-dir")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+def run(args) -> Dict:
+    state = load_checkpoint(args.checkpoint)
+    before_params = count_parameters(state["model"])
+    exported = export_state(state, dense=args.dense, fp16=args.fp16)
+    written = save_checkpoint(exported, args.output, force=args.force)
+    report = {
+        "params_before": before_params,
+        "params_after": count_parameters(exported["model"]),
+        "bytes_before": args.checkpoint.stat().st_size,
+        "bytes_after": written,
+    }
+    print(
+        f"exported {args.checkpoint} -> {args.output}"
+        f"{' (dense)' if args.dense else ''}{' (fp16)' if args.fp16 else ''}\n"
+        f"parameters: {report['params_before']:,} -> {report['params_after']:,}\n"
+        f"bytes:      {report['bytes_before']:,} -> {report['bytes_after']:,} "
+        f"({report['bytes_after'] / report['bytes_before']:.1%})"
+    )
+    return report
+
+
+def export_state(state: dict, dense: bool = False, fp16: bool = False) -> dict:
+    """The inference-only checkpoint dict (see module doc)."""
+    cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
+    if cfg is None:
+        raise DistilledEmbeddingError(
+            "only fairseq >= 0.10 checkpoints (with a 'cfg' entry) can be exported"
+        )
+    model = dict(state["model"])
+    stock_training_config(cfg)
+    if dense:
+        model = materialise_embeddings(model, cfg["model"])
+        dense_model_config(cfg["model"])
+    if fp16:
+        model = map_distinct(model, lambda v: v.half() if v.is_floating_point() else v)
+    last = state.get("optimizer_history", [{}])[-1]
+    return {
+        "cfg": cfg,
+        "args": None,
+        "model": model,
+        "optimizer_history": [{
+            "criterion_name": last.get("criterion_name", "LabelSmoothedCrossEntropyCriterion"),
+            "optimizer_name": last.get("optimizer_name", "none"),
+            "lr_scheduler_state": {"best": to_plain(last.get("lr_scheduler_state", {}).get("best"))},
+            "num_updates": int(last.get("num_updates", 0)),
+        }],
+        "extra_state": {"epoch": int(state.get("extra_state", {}).get("epoch", 1)),
+                        "train_iterator": None},
+        "last_optimizer_state": None,
+    }
+
+
+def to_plain(value):
+    """Containers of str/int/float/bool/None/tensors only (what weights_only=True accepts)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return to_plain(OmegaConf.to_container(value, resolve=False))
+    if isinstance(value, argparse.Namespace):
+        return {k: to_plain(v) for k, v in vars(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool, torch.Tensor)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def stock_training_config(cfg: dict):
+    """Rewrite the plugin's training-only task/criterion to fairseq's stock ones (teacher gone)."""
+    task = cfg.get("task") or {}
+    if str(task.get("_name", "")).endswith(PLUGIN_TASK_SUFFIX):
+        task["_name"] = task["_name"][: -len(PLUGIN_TASK_SUFFIX)]
+        for key in RECONSTRUCTION_TASK_KEYS:
+            task.pop(key, None)
+    criterion = cfg.get("criterion") or {}
+    if criterion.get("_name") == DISTILLATION_CRITERION:
+        criterion["_name"] = "label_smoothed_cross_entropy"
+        for key in DISTILLATION_CRITERION_KEYS:
+            criterion.pop(key, None)
+    for section in (cfg.get("model") or {},):
+        if section.get("task", "").endswith(PLUGIN_TASK_SUFFIX):
+            section["task"] = section["task"][: -len(PLUGIN_TASK_SUFFIX)]
+        if section.get("criterion") == DISTILLATION_CRITERION:
+            section["criterion"] = "label_smoothed_cross_entropy"
+
+
+def materialise_embeddings(model: dict, model_cfg: dict) -> dict:
+    """Replace each factorized ``<prefix>.U``/``<prefix>.W`` pair by ``<dense name>.weight``.
+
+    A factorization shared by several modules (``--share-all-embeddings``) becomes one dense tensor
+    saved under each of their names, as in a stock tied checkpoint.
+    """
+    f = factorization.activation_fn(model_cfg.get("embedding_activation") or "relu")
+    dense, materialised = {}, {}
+    for key, value in model.items():
+        prefix = key[:-2]
+        if key[-2:] in (".U", ".W") and {prefix + ".U", prefix + ".W"} <= model.keys():
+            if key.endswith(".W"):
+                continue
+            identity = tensor_identity(value)
+            if identity not in materialised:
+                weight = f(value.float()) @ model[prefix + ".W"].float()
+                materialised[identity] = weight.to(value.dtype)
+            name = "decoder.output_projection" if prefix.endswith("output_projection.embedding") \
+                else prefix
+            dense[name + ".weight"] = materialised[identity]
+            continue
+        dense[key] = value
+    return dense
+
+
+def dense_model_config(model_cfg: dict):
+    """Point the saved model config at fairseq's dense architecture of the same family."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    for key in PLUGIN_MODEL_KEYS:
+        model_cfg.pop(key, None)
+    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    if not arch.startswith("distilled_"):
+        raise DistilledEmbeddingError(f"--dense: {arch!r} is not a distilled_* architecture")
+    stock = arch[len("distilled_"):]
+    if stock not in ARCH_MODEL_REGISTRY:  # e.g. a plugin-only test size: the family's base arch
+        stock = "transformer_lm" if stock.startswith("transformer_lm") else "transformer"
+    for key in ("arch", "_name"):
+        if key in model_cfg:
+            model_cfg[key] = stock
+
+
+def tensor_identity(value: torch.Tensor):
+    return (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+
+
+def map_distinct(model: dict, function) -> dict:
+    """Apply ``function`` once per distinct tensor, keeping tied keys tied."""
+    done = {}
+    mapped = {}
+    for key, value in model.items():
+        identity = tensor_identity(value)
+        if identity not in done:
+            done[identity] = function(value)
+        mapped[key] = done[identity]
+    return mapped
+
+
+def count_parameters(model: dict) -> int:
+    """Distinct tensors' elements (tied weights appear under several keys but count once)."""
+    distinct = {tensor_identity(v): v for v in model.values()
+                if torch.is_tensor(v) and v.is_floating_point()}
+    return sum(v.numel() for v in distinct.values())
