@@ -331,6 +331,27 @@ def tiny_teacher(data_bin, tmp_path_factory) -> TrainRun:
     return run
 
 
+@pytest.fixture(scope="session")
+def tiny_distilled_student(data_bin, tiny_teacher, tmp_path_factory) -> TrainRun:
+    """The full method through the CLI: ``translation_reconstruction_init`` from ``tiny_teacher``
+    + ``label_smoothed_cross_entropy_with_distillation``, compression 4, 20 updates."""
+    save_dir = tmp_path_factory.mktemp("tiny-distilled-student")
+    result = run_fairseq(
+        "train", data_bin, "--user-dir", PLUGIN_DIR,
+        "--task", "translation_reconstruction_init", "--teacher-path", tiny_teacher.best,
+        "--arch", "distilled_transformer_tiny", "--share-all-embeddings",
+        "--embedding-compression", "4",
+        "--criterion", "label_smoothed_cross_entropy_with_distillation", "--label-smoothing", "0.1",
+        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2000", "--max-update", "20",
+        "--log-format", "simple", "--log-interval", "5", "--cpu", "--seed", "1",
+        "--num-workers", "0", "--no-epoch-checkpoints", "--save-dir", save_dir,
+        timeout=600,
+    )
+    run = TrainRun(save_dir, result.stdout, result.stderr)
+    assert run.best.exists(), f"no checkpoint_best.pt in {save_dir}:\n{run.log[-3000:]}"
+    return run
+
+
 # ----------------------------------------------------------------------------- helpers as fixtures
 
 

@@ -1,0 +1,121 @@
+"""fairseq-distilled-emb export / stats / rank on real checkpoints, through the console script."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import PLUGIN_DIR, hypotheses, run_fairseq
+
+
+def cli(*args, check=True):
+    """``python -m fairseq_distilled_emb`` (the same entry point as ``fairseq-distilled-emb``)."""
+    result = subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", *map(str, args)],
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout + result.stderr)
+    return result
+
+
+def generate(data_bin, checkpoint, plugin=True):
+    flags = ["--user-dir", PLUGIN_DIR] if plugin else []
+    result = run_fairseq(
+        "generate", data_bin, *flags, "--path", checkpoint, "--gen-subset", "test", "--beam", "4",
+        "--batch-size", "50", "--required-batch-size-multiple", "1", "--max-len-b", "20", "--cpu",
+    )
+    return hypotheses(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_distilled_student, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    paths = {"compact": out / "compact.pt", "fp16": out / "fp16.pt", "dense": out / "dense.pt"}
+    cli("export", tiny_distilled_student.best, paths["compact"])
+    cli("export", tiny_distilled_student.best, paths["fp16"], "--fp16")
+    cli("export", tiny_distilled_student.best, paths["dense"], "--dense")
+    return paths
+
+
+def test_export_is_smaller_and_has_no_training_state(tiny_distilled_student, exported):
+    original = tiny_distilled_student.best.stat().st_size
+    state = torch.load(exported["compact"])  # plain torch.load: default weights_only=True
+    assert state["last_optimizer_state"] is None
+    assert state["cfg"]["task"]["_name"] == "translation"
+    assert "teacher_path" not in state["cfg"]["task"]
+    assert exported["compact"].stat().st_size < 0.5 * original
+    assert exported["fp16"].stat().st_size < 0.6 * exported["compact"].stat().st_size
+    fp16 = torch.load(exported["fp16"])["model"]
+    assert fp16["encoder.embed_tokens.U"].dtype == torch.float16
+
+
+def test_export_report_lists_parameters_and_bytes(tiny_distilled_student, tmp_path):
+    result = cli("export", tiny_distilled_student.best, tmp_path / "x.pt")
+    assert "parameters:" in result.stdout and "bytes:" in result.stdout
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_exported_checkpoints_generate_what_the_training_checkpoint_does(
+    data_bin, tiny_distilled_student, exported
+):
+    reference = generate(data_bin, tiny_distilled_student.best)
+    assert len(reference) == 200
+    assert generate(data_bin, exported["compact"]) == reference
+
+
+def test_dense_export_loads_in_plain_fairseq_and_generates_the_same(
+    data_bin, tiny_distilled_student, exported
+):
+    state = torch.load(exported["dense"])
+    assert state["cfg"]["model"]["arch"] == "transformer_tiny"
+    assert not any(key.endswith((".U", ".W")) for key in state["model"])
+    assert state["model"]["encoder.embed_tokens.weight"].shape[1] == 64
+    reference = generate(data_bin, tiny_distilled_student.best)
+    assert generate(data_bin, exported["dense"], plugin=False) == reference
+
+
+def test_export_never_overwrites_without_force(tiny_distilled_student, tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"user data")
+    result = cli("export", tiny_distilled_student.best, target, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"fairseq-distilled-emb export: error: {target} exists: choose another output or pass "
+        "--force"
+    )
+    assert target.read_bytes() == b"user data"
+    cli("export", tiny_distilled_student.best, target, "--force")
+    assert torch.load(target)["model"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_corrupt_or_foreign_checkpoint_is_one_clear_error(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(content)
+    for command in (["stats", path], ["export", path, tmp_path / "out.pt"]):
+        result = cli(*command, check=False)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert "is not a" in result.stderr and "fairseq checkpoint" in result.stderr
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_stats_of_a_factorized_and_a_dense_checkpoint(tiny_distilled_student, tiny_teacher):
+    factorized = cli("stats", tiny_distilled_student.best).stdout
+    rank = int(next(line.split()[-1] for line in factorized.splitlines() if line.startswith("rank")))
+    vocab = torch.load(tiny_teacher.best, weights_only=False)["model"][
+        "encoder.embed_tokens.weight"].shape[0]
+    assert rank == (vocab * 64) // (4 * (vocab + 64))
+    assert f"{rank * (vocab + 64):,}" in factorized
+    dense = cli("stats", tiny_teacher.best).stdout
+    assert "dense" in dense and f"{vocab * 64:,}" in dense
+
+
+def test_rank_subcommand():
+    result = cli("rank", "--vocab", "8000", "--dim", "512", "--compression", "8")
+    assert result.stdout.startswith("rank 60:")
+    bad = cli("rank", "--vocab", "10", "--dim", "4", "--compression", "100", check=False)
+    assert bad.returncode == 2 and "leaves no rank" in bad.stderr
