@@ -1,0 +1,51 @@
+"""The Multi30k recipe script itself, CI-sized: every stage through the real commands, the table."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+from helpers import REPO_ROOT, fairseq_env
+
+FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+
+
+def raw_multi30k_dir(corpus, directory):
+    """The recipe's input layout (``<split>.<lang>.gz``) from the test corpus (real or generated)."""
+    directory.mkdir()
+    for split, name in FILES.items():
+        for lang in ("de", "en"):
+            with gzip.open(directory / f"{name}.{lang}.gz", "wt", encoding="utf-8") as handle:
+                handle.write("\n".join(corpus.lines(split, lang)) + "\n")
+    return directory
+
+
+def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, str(REPO_ROOT / "examples" / "multi30k" / "run.py"),
+               "--profile", "ci", "--device", "cpu", "--results", str(results),
+               "--data-dir", str(raw_multi30k_dir(multi30k_corpus, tmp_path / "raw"))]
+    first = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=900)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+
+    saved = json.loads((results / "results.json").read_text())
+    expected_rows = ["teacher", "svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x"]
+    assert list(saved["rows"]) == expected_rows
+    for name, row in saved["rows"].items():
+        assert 0.0 <= row["bleu"] <= 100.0 and "BLEU" not in row["signature"]
+        assert row["sentences"] == len(multi30k_corpus.lines("test", "en"))
+        assert row["embedding_params"] > 0 and row["total_params"] > row["embedding_params"]
+    rows = saved["rows"]
+    assert rows["distilled_16x"]["embedding_params"] < rows["distilled_8x"]["embedding_params"] \
+        < rows["distilled_4x"]["embedding_params"] < rows["teacher"]["embedding_params"]
+    assert rows["distilled_8x"]["reconstruction_error"] <= rows["distilled_8x"][
+        "svd_error_rank_r_minus_1"] + 1e-4
+    table = (results / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in expected_rows)
+    assert "nrefs:1|case:mixed|eff:no|tok:13a" in table
+    assert (results / "bleu_vs_params.png").stat().st_size > 1000
+
+    # resumable: a second run skips every stage (no command runs) and rewrites the same table
+    second = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=300)
+    assert second.returncode == 0 and "$ " not in second.stdout + second.stderr
+    assert json.loads((results / "results.json").read_text())["rows"] == saved["rows"]
