@@ -276,20 +276,21 @@ def parse_train_log(output: str) -> Dict:
 
 
 def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
-             profile: Profile, name: str) -> Dict:
-    """fairseq-generate --beam 5 on test, sentencepiece-decoded, sacreBLEU vs raw references."""
-    done = out_dir / "eval.json"
+             profile: Profile, name: str, subset: str = "test") -> Dict:
+    """fairseq-generate --beam 5 on ``subset``, sentencepiece-decoded, sacreBLEU vs raw references."""
+    done = out_dir / ("eval.json" if subset == "test" else f"eval.{subset}.json")
     if done.exists():
         return json.loads(done.read_text())
-    references = (results / "data" / "test.raw.en").read_text(encoding="utf-8").splitlines()
+    references = (results / "data" / f"{subset}.raw.en").read_text(encoding="utf-8").splitlines()
     output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
-                  "--path", str(checkpoint), "--gen-subset", "test", "--beam", "5",
+                  "--path", str(checkpoint), "--gen-subset", subset, "--beam", "5",
                   "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
                   "--remove-bpe", "sentencepiece",
                   "--max-len-a", "1.2", "--max-len-b", "10"]
-                 + device_flags(args.use_gpu, False), results / "logs" / f"{name}.generate.log")
+                 + device_flags(args.use_gpu, False),
+                 results / "logs" / f"{name}.{subset}.generate.log")
     score = evaluation.score_generation(output, references)
-    (out_dir / "test.hyp.en").write_text("\n".join(score.hypotheses) + "\n", encoding="utf-8")
+    (out_dir / f"{subset}.hyp.en").write_text("\n".join(score.hypotheses) + "\n", encoding="utf-8")
     payload = {"bleu": round(score.bleu, 2), "signature": score.signature,
                "sentences": score.sentences, "sentences_per_second": score.sentences_per_second,
                "checkpoint_bytes": checkpoint.stat().st_size}
