@@ -216,6 +216,7 @@ def prepare(args, profile: Profile, results: Path) -> Path:
         input=f"{work}/train.raw.de,{work}/train.raw.en", model_prefix=str(work / "spm"),
         vocab_size=vocab_size, character_coverage=1.0, model_type="unigram",
         bos_id=-1, eos_id=-1, minloglevel=2,
+        hard_vocab_limit=False,  # a small corpus may not have vocab_size pieces: take what it has
     )
     processor = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
     for split in SPLITS:
