@@ -167,8 +167,14 @@ def dense_model_config(model_cfg: dict):
     if not arch.startswith("distilled_"):
         raise DistilledEmbeddingError(f"--dense: {arch!r} is not a distilled_* architecture")
     stock = arch[len("distilled_"):]
-    if stock not in ARCH_MODEL_REGISTRY:  # e.g. a plugin-only test size: the family's base arch
-        stock = "transformer_lm" if stock.startswith("transformer_lm") else "transformer"
+    if stock.startswith("transformer_lm"):
+        # A language model's saved config holds every field. fairseq re-runs a named LM arch's
+        # function on load, which refills unset (None) fields with its defaults
+        # (transformer_lm_wiki103 would put its adaptive softmax back); ``transformer_lm`` takes
+        # the saved values as they are.
+        stock = "transformer_lm"
+    elif stock not in ARCH_MODEL_REGISTRY:  # e.g. a plugin-only test size: the family's base arch
+        stock = "transformer"
     for key in ("arch", "_name"):
         if key in model_cfg:
             model_cfg[key] = stock
