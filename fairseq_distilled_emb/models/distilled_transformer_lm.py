@@ -1,12 +1,12 @@
 """``distilled_transformer_lm``: fairseq's Transformer language model with a factorized embedding.
 
-The language-model counterpart of :mod:`fairseq_distilled_emb.models.distilled_transformer`: the token
-embedding is a :class:`FactorizedEmbedding` ``E ≈ f(U)·W`` and, with
+The language-model counterpart of :mod:`fairseq_distilled_emb.models.distilled_transformer`: the
+token embedding is a :class:`FactorizedEmbedding` ``E ≈ f(U)·W`` and, with
 ``--share-decoder-input-output-embed``, the output logits go through the same factors
 (``(h·Wᵀ)·f(U)ᵀ``, never a V×d matrix). In a language model the embedding is most of the parameters,
-which is where the method pays most. Every named architecture calls fairseq's dense LM architecture
-for its defaults, so a recipe swaps only ``--arch transformer_lm*`` for ``distilled_transformer_lm*``
-and adds ``--embedding-compression X``.
+which is where the method pays most. Every named architecture calls fairseq's dense LM
+architecture for its defaults, so a recipe swaps only ``--arch transformer_lm*`` for
+``distilled_transformer_lm*`` and adds ``--embedding-compression X``.
 
 Adaptive input / adaptive softmax (fairseq's other way of shrinking an LM's embedding) and character
 embeddings replace the very matrix this model factorizes: they are rejected with a clear error. The
@@ -64,7 +64,7 @@ class DistilledTransformerLanguageModelConfig(TransformerLanguageModelConfig):
     )
 
 
-# (flag, fairseq's value meaning "off") of the embedding variants a factorized LM cannot combine with
+# (config field, flag) of the embedding variants a factorized LM cannot be combined with
 _INCOMPATIBLE_EMBEDDINGS = (
     ("adaptive_input", "--adaptive-input"),
     ("adaptive_softmax_cutoff", "--adaptive-softmax-cutoff"),
@@ -163,7 +163,8 @@ def distilled_transformer_lm_wiki103(args):
 
     fairseq's function fills adaptive defaults wherever a value is unset (None), so the values the
     user gave (normally none, which the model then accepts) are restored after it: an explicit
-    ``--adaptive-input``/``--adaptive-softmax-cutoff`` still reaches the model and is rejected there.
+    ``--adaptive-input``/``--adaptive-softmax-cutoff`` still reaches the model and is rejected
+    there.
     """
     _distilled_defaults(args)
     explicit = {

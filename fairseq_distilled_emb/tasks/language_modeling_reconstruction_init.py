@@ -1,5 +1,5 @@
-"""``language_modeling_reconstruction_init``: fairseq's language modeling task whose factorized student
-starts from (and distils from) a trained dense ``transformer_lm*`` teacher.
+"""``language_modeling_reconstruction_init``: fairseq's language modeling task whose factorized
+student starts from (and distils from) a trained dense ``transformer_lm*`` teacher.
 
 Everything teacher-related (loading and validation, the reconstruction init of the factors, the
 weight copy, the frozen teacher kept on the task and never saved) is the translation task's

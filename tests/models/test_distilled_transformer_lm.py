@@ -140,7 +140,8 @@ def test_parameter_summary_line_is_logged(lm_dict_dir, caplog):
         _args, task, model = build_lm(lm_dict_dir, *TIED)
     lines = [r.getMessage() for r in caplog.records if "factorized embedding:" in r.getMessage()]
     assert len(lines) == 1, lines
-    assert f"V={len(task.source_dictionary)} d=64 rank={model.decoder.embed_tokens.rank}" in lines[0]
+    rank = model.decoder.embed_tokens.rank
+    assert f"V={len(task.source_dictionary)} d=64 rank={rank}" in lines[0]
     assert f"total model params {num_params(model):,}" in lines[0]
 
 
@@ -226,3 +227,29 @@ def test_wiki103_still_rejects_an_explicit_adaptive_softmax(lm_dict_dir):
     with pytest.raises(DistilledEmbeddingError, match="--adaptive-softmax-cutoff"):
         build_lm(lm_dict_dir, "--embedding-compression", "8", "--adaptive-softmax-cutoff",
                  "100,200", "--decoder-layers", "1", arch="distilled_transformer_lm_wiki103")
+
+
+def test_dense_export_of_a_wiki103_student_builds_fairseqs_model_without_adaptive_softmax(
+    lm_dict_dir,
+):
+    """``fairseq-distilled-emb export --dense`` points an LM's saved config at ``transformer_lm``:
+    re-running ``transformer_lm_wiki103``'s arch function on load would add adaptive softmax."""
+    from fairseq import models, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    from fairseq_distilled_emb.cli.export import dense_model_config
+
+    small = ("--decoder-layers", "1", "--decoder-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+             "--decoder-attention-heads", "1", "--embedding-compression", "4")
+    cfg = convert_namespace_to_omegaconf(
+        parse_lm_args(lm_dict_dir, *small, arch="distilled_transformer_lm_wiki103")
+    )
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    dense_model_config(model_cfg)
+    assert model_cfg["_name"] == "transformer_lm"
+    task = tasks.setup_task(cfg.task)
+    dense = models.build_model(OmegaConf.create(model_cfg), task)
+    assert dense.decoder.adaptive_softmax is None
+    assert dense.decoder.output_projection.weight is dense.decoder.embed_tokens.weight
+    assert dense.decoder.embed_tokens.weight.shape == (len(task.source_dictionary), 64)

@@ -2,8 +2,9 @@
 ``fairseq-preprocess --only-source`` (the English side of the session's sentencepiece corpus) →
 a stock dense ``transformer_lm_gpt2_tiny`` teacher (tied embedding, a few updates) → a
 ``distilled_transformer_lm_tiny`` student with reconstruction init and the distillation criterion →
-``fairseq-eval-lm`` perplexity and stock sampling (``fairseq-interactive --task language_modeling``);
-plus the in-process weight copy / frozen teacher / criterion on LM batches, and the bad inputs."""
+``fairseq-eval-lm`` perplexity and stock sampling (``fairseq-interactive --task
+language_modeling``); plus the in-process weight copy / frozen teacher / criterion on LM batches,
+and the bad inputs."""
 
 import math
 import re
@@ -126,7 +127,8 @@ def test_student_checkpoint_holds_factors_and_no_teacher(lm_student, lm_data_bin
     assert {"decoder.embed_tokens.U", "decoder.embed_tokens.W"} <= keys
     assert not any("teacher" in key for key in keys)
     vocab = vocabulary_size(lm_data_bin)
-    assert not [k for k, v in state["model"].items() if tuple(v.shape) in {(vocab, 64), (64, vocab)}]
+    dense = {(vocab, 64), (64, vocab)}
+    assert not [k for k, v in state["model"].items() if tuple(v.shape) in dense]
     assert state["cfg"]["task"]["_name"] == "language_modeling_reconstruction_init"
 
 
@@ -143,7 +145,7 @@ def test_student_checkpoint_loads_without_the_teacher_file(lm_student):
     assert isinstance(models[0].decoder.embed_tokens, FactorizedEmbedding)
 
 
-# ----------------------------------------------------------------------------- CLI: eval-lm, sampling
+# ----------------------------------------------------------------------------- CLI: eval, sampling
 
 
 def eval_lm(data_bin, checkpoint):

@@ -1,0 +1,382 @@
+#!/usr/bin/env python
+"""Language modeling on the English side of Multi30k: dense teacher → Distilled Embedding students
+and baselines → test perplexity table.
+
+Every stage runs stock fairseq commands (``fairseq-preprocess --only-source``, ``fairseq-train``,
+``fairseq-eval-lm``) and writes under ``--results``; a stage whose output exists is skipped, so an
+interrupted run continues where it stopped. Profiles: ``ci`` (a few hundred sentences, a few
+updates: checks the plumbing, numbers are meaningless), ``demo`` (the whole English side, a small
+model, a few minutes on 2 idle CPU cores) and ``full`` (a larger model and budget; use a GPU).
+
+    python examples/language_model/run.py --profile demo --results results/lm-demo
+
+Nothing is downloaded: the raw text is read from ``--data-dir`` (default
+``../shared/data/multi30k``).
+For WikiText-103 see README.md next to this file.
+"""
+
+import argparse
+import gzip
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import report  # noqa: E402
+from fairseq_distilled_emb import factorization  # noqa: E402
+
+
+def _load_multi30k_recipe():
+    """The translation recipe's stage helpers (run/train/write_json/...), imported, not copied.
+
+    ``examples/`` is not a package, so the module is loaded from its file under its own name.
+    """
+    path = REPO / "examples" / "multi30k" / "run.py"
+    spec = importlib.util.spec_from_file_location("multi30k_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_multi30k_recipe()
+run, train, write_json = recipe.run, recipe.train, recipe.write_json
+fairseq_tool, device_flags = recipe.fairseq_tool, recipe.device_flags
+
+logger = logging.getLogger("language_model")
+PLUGIN = REPO / "fairseq_distilled_emb"
+SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+# Multi30k captions are independent sentences: one sentence per sample, for training and evaluation.
+SENTENCES = ["--sample-break-mode", "eos", "--tokens-per-sample", "128"]
+
+
+# ------------------------------------------------------------------------------------ profiles
+
+
+@dataclass
+class Profile:
+    """Everything a profile changes: data size, model size, update budgets and which rows run."""
+
+    max_sentences: Optional[int]  # lines of each split used (None = all)
+    vocab_size: int
+    dim: int
+    layers: int
+    heads: int
+    teacher_train: List[str]
+    student_train: List[str]
+    rows: List[str]
+    max_tokens: int = 4096
+    notes: str = ""
+
+
+ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
+            "distilled_16x", "distilled_output_kd_8x"]
+MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x"]
+PROFILES = {
+    "ci": Profile(
+        max_sentences=400, vocab_size=500, dim=64, layers=2, heads=2,
+        teacher_train=["--lr", "2e-3", "--warmup-updates", "5", "--max-update", "12"],
+        student_train=["--lr", "5e-4", "--warmup-updates", "2", "--max-update", "4"],
+        rows=MAIN_ROWS, max_tokens=2000,
+        notes="CI profile: a few hundred sentences and a few updates; perplexities are "
+        "meaningless here.",
+    ),
+    "demo": Profile(
+        max_sentences=None, vocab_size=4000, dim=128, layers=2, heads=4,
+        teacher_train=["--lr", "3e-3", "--warmup-updates", "100", "--max-update", "300"],
+        student_train=["--lr", "5e-4", "--warmup-updates", "10", "--max-update", "50"],
+        rows=MAIN_ROWS,
+        notes="Demo profile: teacher d=128, 2 layers, FFN 512, 300 updates of ≤4,096 tokens "
+        "(about 3 epochs of the 29k English training captions, sentencepiece 4k); 50 "
+        "fine-tuning updates per student; the smaller-dim dense model gets the teacher's 300 "
+        "updates from scratch. Sized for a few minutes of 2 idle CPU cores: the teacher is far "
+        "from converged.",
+    ),
+    "full": Profile(
+        max_sentences=None, vocab_size=8000, dim=256, layers=4, heads=4,
+        teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "50",
+                       "--patience", "5"],
+        student_train=["--lr", "3e-4", "--warmup-updates", "100", "--max-update", "2000"],
+        rows=ALL_ROWS,
+        notes="Full profile: teacher d=256, 4 layers, FFN 1024 (early stopping on valid loss, "
+        "patience 5, ≤50 epochs); every student row gets the same 2,000 fine-tuning updates.",
+    ),
+}
+
+# Each row: the student's flags on top of the profile's.
+ROW_FLAGS: Dict[str, Dict] = {
+    "svd_linear_8x": dict(compression=8, flags=["--embedding-init", "svd",
+                                                "--embedding-activation", "linear",
+                                                "--embedding-distill-weight", "0"]),
+    "distilled_no_kd_8x": dict(compression=8, flags=["--embedding-distill-weight", "0"]),
+    "distilled_4x": dict(compression=4, flags=[]),
+    "distilled_8x": dict(compression=8, flags=[]),
+    "distilled_16x": dict(compression=16, flags=[]),
+    "distilled_output_kd_8x": dict(compression=8, flags=["--kd-alpha", "0.5",
+                                                         "--kd-temperature", "2"]),
+}
+ROW_DESCRIPTIONS = {
+    "teacher": "dense teacher (stock transformer_lm_gpt shape, tied embedding)",
+    "smaller_dim": "smaller-dim dense, same total params as the 8x student, from scratch",
+    "svd_linear_8x": "truncated-SVD linear factorization 8x, fine-tuned without KD",
+    "distilled_no_kd_8x": "Distilled Embedding 8x without embedding KD (β=0)",
+    "distilled_4x": "Distilled Embedding 4x (full method)",
+    "distilled_8x": "Distilled Embedding 8x (full method)",
+    "distilled_16x": "Distilled Embedding 16x (full method)",
+    "distilled_output_kd_8x": "Distilled Embedding 8x + output KD (α=0.5, T=2; beyond the paper)",
+}
+COLUMNS = (
+    ("row", "row"),
+    ("description", "what"),
+    ("embedding_params", "emb. params"),
+    ("total_params", "total params"),
+    ("perplexity", "test ppl"),
+    ("reconstruction_error", "recon. rel. err"),
+    ("train_seconds", "train s"),
+    ("eval_tokens_per_second", "eval tok/s"),
+    ("checkpoint_bytes", "ckpt MB"),
+)
+COMMON_TRAIN = [
+    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
+    "--lr-scheduler", "inverse_sqrt", "--weight-decay", "0.01", "--no-epoch-checkpoints",
+    "--log-format", "simple", "--log-interval", "50", "--seed", "1",
+]
+
+
+# ------------------------------------------------------------------------------------ stages
+
+
+def read_split(data_dir: Path, split: str, limit: Optional[int]) -> List[str]:
+    path = data_dir / f"{SPLITS[split]}.en.gz"
+    if not path.exists():
+        raise SystemExit(
+            f"{path} not found: pass --data-dir with the raw Multi30k task-1 files "
+            "(train.en.gz, val.en.gz, test_2016_flickr.en.gz); this script downloads nothing"
+        )
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    return lines[:limit] if limit else lines
+
+
+def prepare(args, profile: Profile, results: Path) -> Path:
+    """Raw English → sentencepiece (train side only) → fairseq-preprocess --only-source."""
+    data_bin = results / "data-bin"
+    if (data_bin / "preprocess.done").exists():
+        return data_bin
+    import sentencepiece as spm
+
+    work = results / "data"
+    work.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        lines = read_split(args.data_dir, split, profile.max_sentences)
+        (work / f"{split}.raw.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(work / "train.raw.en"), model_prefix=str(work / "spm"),
+        vocab_size=args.vocab_size or profile.vocab_size, character_coverage=1.0,
+        model_type="unigram", bos_id=-1, eos_id=-1, hard_vocab_limit=False, minloglevel=2,
+    )
+    processor = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
+    for split in SPLITS:
+        raw = (work / f"{split}.raw.en").read_text(encoding="utf-8").splitlines()
+        pieces = [" ".join(processor.encode(line, out_type=str)) for line in raw]
+        (work / f"{split}.spm.en").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    if data_bin.exists():
+        shutil.rmtree(data_bin)
+    run([fairseq_tool("preprocess"), "--only-source", "--trainpref", f"{work}/train.spm.en",
+         "--validpref", f"{work}/valid.spm.en", "--testpref", f"{work}/test.spm.en",
+         "--destdir", str(data_bin), "--workers", "2"], results / "logs" / "preprocess.log")
+    (data_bin / "preprocess.done").write_text("ok\n")
+    return data_bin
+
+
+def arch_flags(dim: int, layers: int, heads: int) -> List[str]:
+    """fairseq's transformer_lm_gpt family (pre-norm, gelu, tied) at the given size."""
+    return ["--decoder-embed-dim", str(dim), "--decoder-ffn-embed-dim", str(4 * dim),
+            "--decoder-layers", str(layers), "--decoder-attention-heads", str(heads),
+            "--share-decoder-input-output-embed", "--dropout", "0.1", "--attention-dropout", "0.1"]
+
+
+def teacher_flags(profile: Profile, args, dim: Optional[int] = None) -> List[str]:
+    return (["--task", "language_modeling", "--arch", "transformer_lm_gpt",
+             "--criterion", "cross_entropy", "--max-tokens", str(profile.max_tokens)]
+            + SENTENCES + arch_flags(dim or profile.dim, profile.layers, profile.heads)
+            + COMMON_TRAIN + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
+
+
+def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
+    spec = ROW_FLAGS[row]
+    return (["--user-dir", str(PLUGIN), "--task", "language_modeling_reconstruction_init",
+             "--teacher-path", str(teacher), "--arch", "distilled_transformer_lm_gpt",
+             "--embedding-compression", str(spec["compression"]),
+             "--criterion", "label_smoothed_cross_entropy_with_distillation",
+             "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)]
+            + SENTENCES + arch_flags(profile.dim, profile.layers, profile.heads) + COMMON_TRAIN
+            + profile.student_train + spec["flags"] + device_flags(args.use_gpu, args.fp16))
+
+
+def dense_lm_params(vocab: int, dim: int, layers: int) -> int:
+    """Parameters of a tied, pre-norm fairseq transformer_lm (FFN 4·d, final LayerNorm,
+    sinusoidal positions): V·d + per layer attention 4(d²+d), FFN 8d²+5d, two LayerNorms 4d."""
+    ffn = 4 * dim
+    layer = 4 * (dim * dim + dim) + 2 * dim * ffn + ffn + dim + 4 * dim
+    return vocab * dim + layers * layer + 2 * dim
+
+
+def matching_dense_width(vocab: int, layers: int, heads: int, target_params: int) -> int:
+    """The width (a multiple of 2·heads) of a dense LM closest to ``target_params``."""
+    return min(range(2 * heads, 4096, 2 * heads),
+               key=lambda dim: abs(dense_lm_params(vocab, dim, layers) - target_params))
+
+
+_EVAL_LM = re.compile(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)")
+_EVAL_SPEED = re.compile(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tokens/s\)")
+
+
+def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
+             profile: Profile, name: str) -> Dict:
+    """Stock fairseq-eval-lm on the test split, one caption per sample (as in training)."""
+    done = out_dir / "eval.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    output = run([fairseq_tool("eval-lm"), str(data_bin), "--user-dir", str(PLUGIN),
+                  "--path", str(checkpoint), "--gen-subset", "test",
+                  "--max-tokens", str(profile.max_tokens)] + SENTENCES
+                 + device_flags(args.use_gpu, False), results / "logs" / f"{name}.eval-lm.log")
+    match = _EVAL_LM.search(output)
+    if match is None:
+        raise SystemExit(f"no perplexity in {results / 'logs' / f'{name}.eval-lm.log'}")
+    speed = _EVAL_SPEED.search(output)
+    payload = {"loss_base2": float(match.group(1)), "perplexity": float(match.group(2)),
+               "eval_tokens": int(speed.group(1).replace(",", "")) if speed else None,
+               "eval_tokens_per_second": float(speed.group(3)) if speed else None,
+               "checkpoint_bytes": checkpoint.stat().st_size}
+    write_json(done, payload)
+    logger.info(f"{name}: test perplexity {payload['perplexity']:.2f}")
+    return payload
+
+
+def dictionary_size(data_bin: Path) -> int:
+    """Symbols of fairseq's dictionary: 4 specials + one per line of dict.txt."""
+    return 4 + sum(1 for _ in open(data_bin / "dict.txt", encoding="utf-8"))
+
+
+def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
+             teacher_summary: Dict) -> Dict[str, Dict]:
+    rows = {}
+    vocab, dim = dictionary_size(data_bin), profile.dim
+    for row in args.rows or profile.rows:
+        save_dir = results / "rows" / row
+        if row == "smaller_dim":
+            rank = factorization.rank_for_compression(vocab, dim, 8)
+            target = (teacher_summary["total_params"] - vocab * dim
+                      + factorization.factorized_embedding_params(vocab, dim, rank))
+            width = matching_dense_width(vocab, profile.layers, profile.heads, target)
+            flags = teacher_flags(profile, args, dim=width)
+        else:
+            flags = student_flags(row, profile, args, teacher_ckpt)
+        summary = train(data_bin, save_dir, flags, row, results)
+        if row == "smaller_dim":
+            summary["embedding_params"] = vocab * width
+        scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
+                          profile, row)
+        rows[row] = {**summary, **scores, "description": ROW_DESCRIPTIONS[row]}
+    return rows
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def markdown_table(rows: Dict[str, Dict]) -> str:
+    """The perplexity table (cells formatted as benchmarks/report.py formats the BLEU table)."""
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for name, row in rows.items():
+        values = {**row, "row": name}
+        lines.append("| " + " | ".join(report._cell(key, values.get(key)) for key, _ in COLUMNS)
+                     + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: Path, rows: Dict[str, Dict], meta: Dict) -> str:
+    """results.json and results.md (the perplexity table) under ``results``; returns the text."""
+    (results / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    text = "\n\n".join(filter(None, [
+        f"# Multi30k English language modeling ({meta['profile']} profile, {meta['device']})",
+        meta.get("notes", ""),
+        markdown_table(rows),
+        f"Perplexity: `fairseq-eval-lm` on test_2016_flickr ({meta['test_sentences']:,} "
+        "captions), per sentencepiece token including end-of-sentence, one caption per sample; "
+        f"vocabulary {meta['vocab']:,} symbols, d={meta['dim']}. Wall time of the run that wrote "
+        f"this: {meta['wall_seconds']:.0f}s on {meta['device']} (stages found done are not "
+        "re-run).",
+        f"Command: `{meta.get('command', '')}`",
+    ]))
+    (results / "results.md").write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="demo")
+    parser.add_argument("--results", type=Path,
+                        help="results directory (default results/lm-multi30k-<profile>)")
+    parser.add_argument("--data-dir", type=Path,
+                        default=REPO.parent / "shared" / "data" / "multi30k",
+                        help="raw Multi30k task-1 files (train.en.gz, val.en.gz, "
+                        "test_2016_flickr.en.gz)")
+    parser.add_argument("--vocab-size", type=int,
+                        help="sentencepiece vocabulary (default: the profile's)")
+    parser.add_argument("--rows", nargs="*", choices=ALL_ROWS, help="student/baseline rows to run")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="train in fp32 on GPU")
+    parser.add_argument("--max-tokens", type=int, help="override the profile's --max-tokens")
+    parser.add_argument("--student-updates", type=int,
+                        help="override the profile's fine-tuning updates per student row")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s", stream=sys.stdout)
+    import torch
+
+    args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
+    profile = PROFILES[args.profile]
+    student_train = list(profile.student_train)
+    if args.student_updates:
+        student_train[student_train.index("--max-update") + 1] = str(args.student_updates)
+    profile = replace(profile, max_tokens=args.max_tokens or profile.max_tokens,
+                      student_train=student_train)
+    results = args.results or REPO / "results" / f"lm-multi30k-{args.profile}"
+    results.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data_bin = prepare(args, profile, results)
+    teacher_dir = results / "teacher"
+    teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher", results)
+    teacher_ckpt = teacher_dir / "checkpoint_best.pt"
+    teacher_scores = evaluate(data_bin, teacher_ckpt, teacher_dir, results, args, profile,
+                              "teacher")
+    vocab = dictionary_size(data_bin)
+    rows = {"teacher": {**teacher_summary, **teacher_scores,
+                        "embedding_params": vocab * profile.dim,
+                        "description": ROW_DESCRIPTIONS["teacher"]}}
+    rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))
+    test_sentences = sum(1 for _ in open(results / "data" / "test.raw.en", encoding="utf-8"))
+    meta = {"profile": args.profile, "notes": profile.notes, "vocab": vocab, "dim": profile.dim,
+            "test_sentences": test_sentences,
+            "device": (torch.cuda.get_device_name(0) if args.use_gpu
+                       else f"cpu ({os.cpu_count()} cores)"),
+            "wall_seconds": time.perf_counter() - started,
+            "command": " ".join([Path(sys.executable).name] + sys.argv)}
+    print(write_report(results, rows, meta))
+    logger.info(f"finished in {meta['wall_seconds']:.0f}s (stages found done were skipped)")
+
+
+if __name__ == "__main__":
+    main()
