@@ -167,9 +167,13 @@ def test_eval_lm_reports_a_finite_student_perplexity(lm_student, lm_data_bin):
     assert 1 < perplexity < vocabulary_size(lm_data_bin) / 2
 
 
-def test_stock_interactive_sampling_continues_prompts(lm_student, lm_data_bin, spm_corpus):
+def test_stock_interactive_sampling_continues_prompts(
+    lm_student, lm_data_bin, spm_corpus, multi30k_corpus
+):
     checkpoint, _log = lm_student
-    prompts = spm_corpus.encode(["A man", "Two dogs are"])
+    # the first words of two test captions: in-vocabulary for the real and the generated corpus
+    openings = [" ".join(line.split()[:2]) for line in multi30k_corpus.lines("test", "en")[:2]]
+    prompts = spm_corpus.encode(openings)
     result = run_fairseq(
         "interactive", lm_data_bin, "--task", "language_modeling", "--user-dir", PLUGIN_DIR,
         "--path", checkpoint, "--sampling", "--sampling-topk", "10", "--beam", "1",
@@ -293,8 +297,9 @@ def test_missing_teacher_file_is_one_error_line(lm_data_bin, tmp_path):
     assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
 
 
-def test_dictionary_size_mismatch_is_one_error_line(spm_corpus, lm_teacher, tmp_path):
-    smaller = preprocess_english(spm_corpus, tmp_path / "small-bin", "--nwordssrc", "200")
+def test_dictionary_size_mismatch_is_one_error_line(spm_corpus, lm_data_bin, lm_teacher, tmp_path):
+    half = str((vocabulary_size(lm_data_bin) - 4) // 2)  # real or generated corpus alike
+    smaller = preprocess_english(spm_corpus, tmp_path / "small-bin", "--nwordssrc", half)
     result = run_fairseq(
         "train", *student_args(smaller, lm_teacher, tmp_path / "ckpt", "--embedding-compression",
                                "4"),
