@@ -28,17 +28,14 @@ from fairseq_distilled_emb.tasks.reconstruction_init import (
     ReconstructionInitMixin,
 )
 
-# A language model's shape and computation beyond the translation task's fields: a teacher and a
+# A language model's shape beyond the translation task's fields (which already cover pre/post-norm,
+# the activation and embedding scaling): a teacher and a
 # student that differ here would copy weights of the same shapes into a different network (e.g. a
 # post-norm ``--arch transformer_lm`` teacher into a pre-norm ``distilled_transformer_lm_gpt``).
 LANGUAGE_MODEL_FIELDS = (
     "decoder_input_dim",
     "decoder_output_dim",
-    "decoder_normalize_before",
     "no_decoder_final_norm",
-    "activation_fn",
-    "no_scale_embedding",
-    "layernorm_embedding",
 )
 
 

@@ -49,6 +49,12 @@ ARCHITECTURE_FIELDS = (
     "decoder_ffn_embed_dim",
     "decoder_layers",
     "decoder_attention_heads",
+    # same shapes, different network: a pre-norm student must not copy a post-norm teacher
+    "encoder_normalize_before",
+    "decoder_normalize_before",
+    "activation_fn",
+    "no_scale_embedding",
+    "layernorm_embedding",
 )
 SHARING_FIELDS = ("share_all_embeddings", "share_decoder_input_output_embed")
 

@@ -289,3 +289,11 @@ def test_cli_error_is_one_line_and_writes_nothing(data_bin, tiny_teacher, tmp_pa
     assert len(error_lines) == 1 and error_lines[0].startswith("fairseq-train: error: --teacher-path")
     assert sorted(p.name for p in save_dir.iterdir()) == ["keep.txt"]
     assert (save_dir / "keep.txt").read_text() == "a user's file"
+
+
+def test_pre_norm_student_of_a_post_norm_teacher_is_rejected(data_bin, tiny_teacher, tmp_path):
+    with pytest.raises(DistilledEmbeddingError,
+                       match=r"encoder_normalize_before=False but the student has "
+                             r"--encoder-normalize-before True"):
+        build_student_from_teacher(data_bin, tiny_teacher.best, tmp_path,
+                                   "--encoder-normalize-before")
