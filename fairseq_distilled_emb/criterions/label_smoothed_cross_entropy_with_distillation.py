@@ -157,20 +157,25 @@ class LabelSmoothedCrossEntropyWithDistillationCriterion(LabelSmoothedCrossEntro
         return ids[ids.ne(embedding.padding_idx)]
 
     def output_distill_loss(self, model, net_output, sample):
-        """Σ over non-pad target tokens of KL(softmax(teacher/T) ‖ softmax(student/T))."""
+        """Σ over non-pad target tokens of KL(softmax(teacher/T) ‖ softmax(student/T)).
+
+        Padding positions are dropped before the V-wide softmaxes: with a vocabulary of thousands,
+        those (not the teacher's layers) are most of the cost of this term.
+        """
         teacher = self.task.teacher_model(model)
         with torch.no_grad():
             teacher_logits = teacher(**sample["net_input"])[0]
-        temperature = self.kd_temperature
-        student_lprobs = F.log_softmax(net_output[0].float() / temperature, dim=-1)
-        teacher_lprobs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        token_kl = F.kl_div(student_lprobs, teacher_lprobs, log_target=True, reduction="none")
-        token_kl = token_kl.sum(-1)
+        student_logits = net_output[0]
         target = model.get_targets(sample, net_output)
         if self.ignore_prefix_size > 0:
-            token_kl = token_kl[:, self.ignore_prefix_size :]
+            student_logits = student_logits[:, self.ignore_prefix_size :]
+            teacher_logits = teacher_logits[:, self.ignore_prefix_size :]
             target = target[:, self.ignore_prefix_size :]
-        return token_kl.masked_fill(target.eq(self.padding_idx), 0.0).sum()
+        keep = target.ne(self.padding_idx)
+        temperature = self.kd_temperature
+        student_lprobs = F.log_softmax(student_logits[keep].float() / temperature, dim=-1)
+        teacher_lprobs = F.log_softmax(teacher_logits[keep].float() / temperature, dim=-1)
+        return F.kl_div(student_lprobs, teacher_lprobs, log_target=True, reduction="sum")
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
