@@ -113,16 +113,10 @@ PROFILES = {
 }
 
 # Each row: the student's flags on top of the profile's.
-ROW_FLAGS: Dict[str, Dict] = {
-    "svd_linear_8x": dict(compression=8, flags=["--embedding-init", "svd",
-                                                "--embedding-activation", "linear",
-                                                "--embedding-distill-weight", "0"]),
-    "distilled_no_kd_8x": dict(compression=8, flags=["--embedding-distill-weight", "0"]),
-    "distilled_4x": dict(compression=4, flags=[]),
-    "distilled_8x": dict(compression=8, flags=[]),
-    "distilled_16x": dict(compression=16, flags=[]),
-    "distilled_output_kd_8x": dict(compression=8, flags=["--kd-alpha", "0.5",
-                                                         "--kd-temperature", "2"]),
+ROW_FLAGS: Dict[str, Dict] = {  # the same student rows as the translation recipe
+    name: recipe.ROW_FLAGS[name]
+    for name in ("svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
+                 "distilled_16x", "distilled_output_kd_8x")
 }
 ROW_DESCRIPTIONS = {
     "teacher": "dense teacher (stock transformer_lm_gpt shape, tied embedding)",
