@@ -147,10 +147,16 @@ def truncated_svd_factors(target: torch.Tensor, rank: int) -> Tuple[torch.Tensor
     return left[:, :rank] * root, root.unsqueeze(1) * right_t[:rank]
 
 
+def svd_relative_errors(target: torch.Tensor, ranks) -> List[float]:
+    """Eckart–Young: the best rank-r errors for several r, from one computation of the spectrum."""
+    energy = torch.linalg.svdvals(target.float()).pow(2)
+    total = energy.sum()
+    return [(energy[rank:].sum() / total).sqrt().item() for rank in ranks]
+
+
 def svd_relative_error(target: torch.Tensor, rank: int) -> float:
     """Eckart–Young: the error of the best rank-r approximation, from the singular values alone."""
-    singular = torch.linalg.svdvals(target.float())
-    return (singular[rank:].pow(2).sum().sqrt() / singular.pow(2).sum().sqrt()).item()
+    return svd_relative_errors(target, [rank])[0]
 
 
 def simplex_vertices(rank: int) -> torch.Tensor:

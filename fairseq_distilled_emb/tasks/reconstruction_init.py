@@ -281,8 +281,7 @@ class ReconstructionInitMixin:
     def _initialise_embedding(self, name, embedding, target):
         method = self.cfg.embedding_init
         rank, activation = embedding.rank, embedding.activation
-        svd_error = factorization.svd_relative_error(target, rank)
-        svd_error_below = factorization.svd_relative_error(target, rank - 1)
+        svd_error, svd_error_below = factorization.svd_relative_errors(target, [rank, rank - 1])
         if method == "random":
             approx = embedding.materialize().detach()
             logger.info(
