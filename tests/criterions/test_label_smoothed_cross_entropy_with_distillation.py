@@ -9,6 +9,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 
 from fairseq_distilled_emb.criterions.label_smoothed_cross_entropy_with_distillation import (
     LabelSmoothedCrossEntropyWithDistillationCriterion as DistillationCriterion,
+    _DistillationKL,
+    distillation_kl,
 )
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import FactorizedEmbedding
@@ -64,6 +66,35 @@ def test_kd_term_is_zero_when_the_teacher_is_the_student(student):
     finally:
         task.teacher = saved_teacher
     assert abs(kd.item()) < 1e-4
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("block_elements", [7, 1 << 21])
+def test_blockwise_kl_matches_autograd_through_log_softmax(temperature, block_elements,
+                                                           monkeypatch):
+    """Value and gradient equal F.kl_div's on the kept rows; padding rows get no gradient."""
+    monkeypatch.setattr(_DistillationKL, "BLOCK_ELEMENTS", block_elements)
+    generator = torch.Generator().manual_seed(0)
+    student_logits = (3 * torch.randn(4, 5, 11, generator=generator)).double()
+    features = torch.randn(4, 5, 6, generator=generator).double()
+    projection = torch.nn.Linear(6, 11, bias=False).double()
+    keep = torch.rand(4, 5, generator=generator) > 0.3
+
+    ours_input = student_logits.clone().requires_grad_()
+    ours = distillation_kl(ours_input, keep, features, projection, temperature)
+    (2.5 * ours).backward()
+
+    reference_input = student_logits.clone().requires_grad_()
+    reference = torch.nn.functional.kl_div(
+        torch.log_softmax(reference_input[keep] / temperature, dim=-1),
+        torch.log_softmax(projection(features[keep]).detach() / temperature, dim=-1),
+        log_target=True, reduction="sum",
+    )
+    (2.5 * reference).backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert (ours_input.grad - reference_input.grad).abs().max().item() == pytest.approx(0, abs=1e-10)
+    assert ours_input.grad[~keep].abs().sum() == 0
+    assert projection.weight.grad is None
 
 
 def test_kd_term_is_positive_against_the_real_teacher(student):
