@@ -24,8 +24,10 @@ setup(
         "sentencepiece>=0.1.97",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "tensorly-torch==0.5.0", "tensorly>=0.8"],
         "benchmark": ["matplotlib>=3.5"],
+        # the tensor-train embedding baseline (--embedding-factorization tensor-train)
+        "tensor-train": ["tensorly-torch==0.5.0", "tensorly>=0.8"],
     },
     entry_points={
         "console_scripts": [

@@ -73,7 +73,7 @@ MODEL_128 = [
 ]
 ALL_ROWS = [
     "smaller_dim", "svd_linear_8x", "random_init_8x", "distilled_no_kd_8x", "distilled_linear_8x",
-    "distilled_4x", "distilled_8x", "distilled_16x", "distilled_output_kd_8x",
+    "distilled_4x", "distilled_8x", "distilled_16x", "distilled_output_kd_8x", "tensor_train_8x",
 ]
 PROFILES = {
     "ci": Profile(
@@ -116,6 +116,7 @@ ROW_FLAGS: Dict[str, Dict] = {
     "distilled_16x": dict(compression=16, flags=[]),
     "distilled_output_kd_8x": dict(compression=8, flags=["--kd-alpha", "0.5",
                                                          "--kd-temperature", "2"]),
+    "tensor_train_8x": dict(compression=8, flags=["--embedding-factorization", "tensor-train"]),
 }
 ROW_DESCRIPTIONS = {
     "teacher": "dense teacher (stock transformer)",
@@ -128,6 +129,8 @@ ROW_DESCRIPTIONS = {
     "distilled_8x": "Distilled Embedding 8x (full method)",
     "distilled_16x": "Distilled Embedding 16x (full method)",
     "distilled_output_kd_8x": "Distilled Embedding 8x + output KD (α=0.5, T=2; beyond the paper)",
+    "tensor_train_8x": "tensor-train embedding (tensorly-torch), same budget, from the teacher's "
+                       "TT-SVD (+ embedding KD)",
 }
 
 
@@ -266,6 +269,9 @@ def parse_train_log(output: str) -> Dict:
         summary["reconstruction_seconds"] = float(recon.group(2))
     errors = re.search(r"relative Frobenius error ([\d.]+) \| rank-\d+ SVD ([\d.]+) \| "
                        r"rank-\d+ SVD ([\d.]+)", output)
+    tensor_train = re.search(r"tensor-train rank \d+ .*relative Frobenius error ([\d.]+)", output)
+    if tensor_train:
+        summary["reconstruction_error"] = float(tensor_train.group(1))
     if errors:
         summary["reconstruction_error"] = float(errors.group(1))
         summary["svd_error_rank_r"] = float(errors.group(2))

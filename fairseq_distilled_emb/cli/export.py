@@ -75,6 +75,11 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False) -> dict:
     model = dict(state["model"])
     stock_training_config(cfg)
     if dense:
+        if any(".tensor_train." in key for key in model):
+            raise DistilledEmbeddingError(
+                "--dense materialises low-rank f(U)W embeddings only; this checkpoint has a "
+                "tensor-train embedding (the baseline): export it without --dense"
+            )
         model = materialise_embeddings(model, cfg["model"])
         dense_model_config(cfg["model"])
     if fp16:

@@ -24,6 +24,7 @@ def embedding_summary(model: Dict) -> Dict:
     """Embedding vs. other parameters, with the rank and ratio of factorized embeddings."""
     embedding_keys = [k for k in model if k.endswith("embed_tokens.weight")
                       or k.endswith("embed_tokens.U") or k.endswith("embed_tokens.W")
+                      or ".embed_tokens.tensor_train." in k
                       or k.startswith("decoder.output_projection")]
     embedding = count_parameters({k: model[k] for k in embedding_keys})
     total = count_parameters(model)

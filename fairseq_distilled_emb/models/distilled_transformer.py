@@ -22,9 +22,17 @@ from fairseq.models.transformer.transformer_legacy import (
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.modules import FactorizedEmbedding, FactorizedOutputProjection
+from fairseq_distilled_emb.modules import (
+    COMPRESSED_EMBEDDINGS,
+    FactorizedEmbedding,
+    FactorizedOutputProjection,
+    TensorTrainEmbedding,
+)
+from fairseq_distilled_emb.modules.tensor_train_embedding import resolve_tensor_train_rank
 
 logger = logging.getLogger(__name__)
+
+EMBEDDING_FACTORIZATIONS = ("low-rank", "tensor-train")
 
 
 def add_factorized_embedding_args(parser):
@@ -43,10 +51,25 @@ def add_factorized_embedding_args(parser):
         "--embedding-activation", choices=factorization.ACTIVATIONS,
         help="non-linearity f applied element-wise to U (default: relu, as in the paper)",
     )
+    parser.add_argument(
+        "--embedding-factorization", choices=EMBEDDING_FACTORIZATIONS,
+        help="'low-rank' (default): Distilled Embedding's f(U)·W; 'tensor-train': the TT-matrix "
+        "baseline of Khrulkov et al. (tensorly-torch, pip install -e .[tensor-train]), whose TT "
+        "rank --embedding-rank/--embedding-compression then set",
+    )
 
 
 def build_factorized_embedding(args, dictionary, embed_dim):
-    """Build a FactorizedEmbedding for ``dictionary`` from the rank/compression flags in ``args``."""
+    """The compressed embedding for ``dictionary`` from the factorization/rank flags in ``args``."""
+    rank_flags = (getattr(args, "embedding_rank", None), getattr(args, "embedding_compression", None))
+    if getattr(args, "embedding_factorization", None) == "tensor-train":
+        if (getattr(args, "embedding_activation", None) or "relu") != "relu":
+            raise DistilledEmbeddingError(
+                "--embedding-activation applies to the low-rank factorization only; drop it with "
+                "--embedding-factorization tensor-train"
+            )
+        rank = resolve_tensor_train_rank(len(dictionary), embed_dim, *rank_flags)
+        return TensorTrainEmbedding(len(dictionary), embed_dim, rank, dictionary.pad())
     rank = factorization.resolve_rank(
         len(dictionary),
         embed_dim,
@@ -72,10 +95,10 @@ def as_namespace(args):
 
 
 def factorized_embeddings(model):
-    """The distinct FactorizedEmbedding modules of ``model`` (shared ones counted once)."""
+    """The distinct compressed embedding modules of ``model`` (shared ones counted once)."""
     seen = {}
     for module in model.modules():
-        if isinstance(module, FactorizedEmbedding):
+        if isinstance(module, COMPRESSED_EMBEDDINGS):
             seen[id(module)] = module
     return list(seen.values())
 
@@ -99,7 +122,7 @@ class DistilledTransformerDecoder(TransformerDecoder):
     """A Transformer decoder whose tied output projection computes logits through the factors."""
 
     def build_output_projection(self, args, dictionary, embed_tokens):
-        if self.share_input_output_embed and isinstance(embed_tokens, FactorizedEmbedding):
+        if self.share_input_output_embed and isinstance(embed_tokens, COMPRESSED_EMBEDDINGS):
             self.output_projection = FactorizedOutputProjection(embed_tokens)
             return
         super().build_output_projection(args, dictionary, embed_tokens)
@@ -146,6 +169,7 @@ def _distilled_defaults(args):
     args.embedding_rank = getattr(args, "embedding_rank", None)
     args.embedding_compression = getattr(args, "embedding_compression", None)
     args.embedding_activation = getattr(args, "embedding_activation", "relu")
+    args.embedding_factorization = getattr(args, "embedding_factorization", "low-rank")
 
 
 @register_model_architecture("distilled_transformer", "distilled_transformer")

@@ -33,7 +33,11 @@ from omegaconf import II
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.modules import FactorizedEmbedding
+from fairseq_distilled_emb.modules import (
+    COMPRESSED_EMBEDDINGS,
+    FactorizedEmbedding,
+    TensorTrainEmbedding,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +149,16 @@ class ReconstructionInitMixin:
             self.teacher.to(device=reference.device, dtype=reference.dtype)
         return self.teacher
 
-    def teacher_embedding_targets(self, model) -> List[Tuple[FactorizedEmbedding, torch.Tensor]]:
+    def teacher_embedding_targets(self, model) -> List[Tuple[torch.nn.Module, torch.Tensor]]:
         """(student embedding, teacher E on the student's device/dtype) pairs, shared ones once."""
         if self.teacher_embeddings is None:
             self.teacher_model(model)  # raises the no-teacher error
         pairs = []
         for name, target in self.teacher_embeddings.items():
             embedding = _get_submodule(model, name)
-            if target.device != embedding.U.device or target.dtype != embedding.U.dtype:
-                target = target.to(device=embedding.U.device, dtype=embedding.U.dtype)
+            reference = next(embedding.parameters())
+            if target.device != reference.device or target.dtype != reference.dtype:
+                target = target.to(device=reference.device, dtype=reference.dtype)
                 self.teacher_embeddings[name] = target
             pairs.append((embedding, target))
         return pairs
@@ -263,7 +268,7 @@ class ReconstructionInitMixin:
         return embeddings
 
     def _pair_embeddings(self, student, teacher):
-        """Map each distinct student FactorizedEmbedding (by name) to the teacher's dense E."""
+        """Map each distinct student compressed embedding (by name) to the teacher's dense E."""
         pairs = {}
         for name, _ in _named_factorized_embeddings(student).items():
             pairs[name] = _dense_weight(_get_submodule(teacher, name)).detach().float().clone()
@@ -279,6 +284,8 @@ class ReconstructionInitMixin:
         )
 
     def _initialise_embedding(self, name, embedding, target):
+        if isinstance(embedding, TensorTrainEmbedding):
+            return self._initialise_tensor_train(name, embedding, target)
         method = self.cfg.embedding_init
         rank, activation = embedding.rank, embedding.activation
         svd_error, svd_error_below = factorization.svd_relative_errors(target, [rank, rank - 1])
@@ -323,6 +330,19 @@ class ReconstructionInitMixin:
                 "SVD factors (use --embedding-activation linear for the linear SVD baseline)"
             )
 
+    def _initialise_tensor_train(self, name, embedding, target):
+        """The TT baseline starts from the TT-SVD of the teacher's E (its closed-form analogue of
+        the reconstruction), or tensorly-torch's init with ``--embedding-init random``."""
+        method = self.cfg.embedding_init
+        if method != "random":
+            embedding.load_matrix(target)
+        error = factorization.relative_error(target, embedding.materialize().detach())
+        logger.info(
+            f"{name}: tensor-train rank {embedding.rank} ({embedding.num_factorized_params():,} "
+            f"params), {'random init' if method == 'random' else 'TT-SVD of the teacher'}: "
+            f"relative Frobenius error {error:.4f}"
+        )
+
     def _reconstruction_device(self):
         if torch.cuda.is_available() and not self.cfg.cpu:
             return torch.device("cuda")
@@ -365,11 +385,11 @@ def _get_submodule(model, dotted_name):
     return functools.reduce(getattr, dotted_name.split("."), model)
 
 
-def _named_factorized_embeddings(model) -> Dict[str, FactorizedEmbedding]:
-    """Distinct FactorizedEmbeddings by their first (shortest) name; output projections skipped."""
+def _named_factorized_embeddings(model) -> Dict[str, torch.nn.Module]:
+    """Distinct compressed embeddings by their first (shortest) name; output projections skipped."""
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, FactorizedEmbedding) and "output_projection" not in name:
+        if isinstance(module, COMPRESSED_EMBEDDINGS) and "output_projection" not in name:
             if all(module is not other for other in found.values()):
                 found[name] = module
     return found
@@ -406,16 +426,15 @@ def _copy_non_embedding_weights(student, teacher):
     """Copy every student tensor not owned by a factorized embedding from the teacher (strict)."""
     teacher_state = teacher.state_dict()
     student_state = student.state_dict()
-    factorized_keys = {
-        f"{name}.{param}"
+    factorized_prefixes = tuple(
+        name + "."
         for name, module in student.named_modules(remove_duplicate=False)
-        if isinstance(module, FactorizedEmbedding)
-        for param in ("U", "W")
-    }
+        if isinstance(module, COMPRESSED_EMBEDDINGS)
+    )
     copied = 0
     with torch.no_grad():
         for key, tensor in student_state.items():
-            if key in factorized_keys:
+            if key.startswith(factorized_prefixes):
                 continue
             if key not in teacher_state or teacher_state[key].shape != tensor.shape:
                 found = tuple(teacher_state[key].shape) if key in teacher_state else "missing"

@@ -1,0 +1,130 @@
+"""TensorTrainEmbedding: the tensor-train (TT-matrix) embedding baseline, tied to the output layer.
+
+The peer method the paper compares against (Khrulkov et al., 2019, "Tensorized Embedding Layers").
+The factorization itself is tensorly-torch's ``FactorizedEmbedding`` (``factorization="blocktt"``),
+an optional extra (``pip install -e .[tensor-train]``); this module only adapts it to fairseq's
+embedding interface and ties it to the decoder's output projection, like :class:`FactorizedEmbedding`.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+
+TENSOR_TRAIN_MODES = 3  # V and d are each split into 3 factors (Khrulkov et al. use 3 or 4)
+
+
+def _tltorch():
+    try:
+        import tltorch
+        from tltorch.utils import get_tensorized_shape
+    except ImportError:
+        raise DistilledEmbeddingError(
+            "--embedding-factorization tensor-train needs tensorly-torch: "
+            "pip install -e .[tensor-train] (or pip install tensorly-torch tensorly)"
+        ) from None
+    return tltorch, get_tensorized_shape
+
+
+def tensorized_shape(num_embeddings, embedding_dim):
+    """(rows, row modes, dim modes): rows ≥ V is the smallest count that splits into 3 modes ≥ 2.
+
+    A vocabulary size is often prime or has one huge factor; the TT then covers a few extra rows
+    that are never looked up, as Khrulkov et al. pad the vocabulary.
+    """
+    _, get_tensorized_shape = _tltorch()
+    rows = num_embeddings
+    while True:
+        row_modes, dim_modes = get_tensorized_shape(
+            rows, embedding_dim, order=TENSOR_TRAIN_MODES, min_dim=2, verbose=False
+        )
+        if len(row_modes) == len(dim_modes) == TENSOR_TRAIN_MODES and max(row_modes) ** 2 <= rows:
+            return rows, tuple(row_modes), tuple(dim_modes)
+        rows += 1
+
+
+def tensor_train_params(row_modes, dim_modes, rank):
+    """Parameters of a TT-matrix with ranks (1, r, …, r, 1): Σ_k r_{k-1}·m_k·n_k·r_k."""
+    ranks = [1] + [rank] * (len(row_modes) - 1) + [1]
+    return sum(ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_modes, dim_modes)))
+
+
+def resolve_tensor_train_rank(num_embeddings, embedding_dim, rank=None, compression=None):
+    """The TT rank from ``--embedding-rank`` or the largest within ``--embedding-compression``."""
+    if (rank is None) == (compression is None):
+        raise DistilledEmbeddingError(
+            "set exactly one of --embedding-rank (the TT rank) or --embedding-compression"
+        )
+    _, row_modes, dim_modes = tensorized_shape(num_embeddings, embedding_dim)
+    dense = factorization.dense_embedding_params(num_embeddings, embedding_dim)
+    if rank is None:
+        budget = dense / compression
+        rank = 0
+        while tensor_train_params(row_modes, dim_modes, rank + 1) <= budget:
+            rank += 1
+    if rank < 1 or tensor_train_params(row_modes, dim_modes, rank) >= dense:
+        raise DistilledEmbeddingError(
+            f"tensor-train rank {rank} for V={num_embeddings}, d={embedding_dim} would not "
+            "compress the embedding: lower --embedding-rank or raise --embedding-compression"
+        )
+    return rank
+
+
+class TensorTrainEmbedding(nn.Module):
+    """A V×d embedding stored as a TT-matrix; lookups gather rows, logits use the full matrix.
+
+    Exposes what fairseq's encoder/decoder read from an ``nn.Embedding`` and the same ``logits`` /
+    ``materialize`` / ``num_factorized_params`` as :class:`FactorizedEmbedding`, so the decoder's
+    tied output projection and the distillation losses treat both alike.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, rank, padding_idx):
+        super().__init__()
+        tltorch, _ = _tltorch()
+        rows, row_modes, dim_modes = tensorized_shape(num_embeddings, embedding_dim)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.rank = rank
+        self.padding_idx = padding_idx
+        self.tensor_train = tltorch.FactorizedEmbedding(
+            rows, embedding_dim, auto_tensorize=False, tensorized_num_embeddings=row_modes,
+            tensorized_embedding_dim=dim_modes, factorization="blocktt", rank=rank,
+        )
+
+    def forward(self, tokens):
+        embedded = self.tensor_train(tokens)
+        if self.padding_idx is not None:
+            embedded = embedded.masked_fill(tokens.eq(self.padding_idx).unsqueeze(-1), 0.0)
+        return embedded
+
+    def materialize(self):
+        """The dense V×d matrix (padding row zero)."""
+        matrix = self.tensor_train.weight.to_matrix()[: self.num_embeddings]
+        if self.padding_idx is not None:
+            keep = torch.ones_like(matrix[:, :1])
+            keep[self.padding_idx] = 0
+            matrix = matrix * keep
+        return matrix
+
+    def logits(self, hidden):
+        """hidden·Eᵀ: the TT is contracted to E once per call (V·d, like a dense output layer)."""
+        return F.linear(hidden, self.materialize())
+
+    @torch.no_grad()
+    def load_matrix(self, matrix):
+        """TT-SVD of ``matrix`` (V×d) into the cores: the closed-form start from a teacher's E."""
+        rows = self.tensor_train.num_embeddings
+        padded = matrix.new_zeros(rows, self.embedding_dim)
+        padded[: self.num_embeddings] = matrix
+        self.tensor_train.weight.init_from_matrix(padded.to(self.tensor_train.weight.factors[0]))
+
+    def num_factorized_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self):
+        shape = self.tensor_train.tensor_shape
+        return (f"{self.num_embeddings}, {self.embedding_dim}, tt_rank={self.rank}, "
+                f"modes={shape}, padding_idx={self.padding_idx}")
+

@@ -1,0 +1,114 @@
+"""TensorTrainEmbedding (the tensor-train baseline): interface, tying, rank choice, TT-SVD start, CLI."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules import TensorTrainEmbedding
+from fairseq_distilled_emb.modules.tensor_train_embedding import (
+    resolve_tensor_train_rank,
+    tensor_train_params,
+    tensorized_shape,
+)
+from helpers import PLUGIN_DIR, build_model_from_flags, run_fairseq
+
+
+def test_lookup_and_logits_use_the_same_matrix_and_padding_stays_zero():
+    torch.manual_seed(0)
+    embedding = TensorTrainEmbedding(1000, 64, rank=4, padding_idx=1)
+    matrix = embedding.materialize()
+    tokens = torch.tensor([[0, 1, 5], [999, 3, 1]])
+    assert torch.allclose(embedding(tokens), matrix[tokens], atol=1e-6)
+    assert embedding(tokens)[tokens.eq(1)].abs().sum() == 0
+    assert matrix[1].abs().sum() == 0
+    hidden = torch.randn(2, 3, 64)
+    assert torch.allclose(embedding.logits(hidden), hidden @ matrix.t(), atol=1e-5)
+
+
+def test_a_prime_vocabulary_is_padded_to_three_modes():
+    rows, row_modes, dim_modes = tensorized_shape(503, 64)
+    assert rows >= 503 and len(row_modes) == len(dim_modes) == 3
+    assert int(torch.tensor(row_modes).prod()) == rows
+    assert TensorTrainEmbedding(503, 64, rank=2, padding_idx=1).materialize().shape == (503, 64)
+
+
+def test_compression_picks_the_largest_rank_within_the_budget():
+    vocab, dim = 8004, 256
+    rank = resolve_tensor_train_rank(vocab, dim, compression=8)
+    _, row_modes, dim_modes = tensorized_shape(vocab, dim)
+    budget = factorization.dense_embedding_params(vocab, dim) / 8
+    assert tensor_train_params(row_modes, dim_modes, rank) <= budget
+    assert tensor_train_params(row_modes, dim_modes, rank + 1) > budget
+    assert TensorTrainEmbedding(vocab, dim, rank, 1).num_factorized_params() == \
+        tensor_train_params(row_modes, dim_modes, rank)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (dict(rank=4000), "would not compress"),
+    (dict(rank=4, compression=8), "exactly one of"),
+])
+def test_bad_rank_flags_are_clear_errors(flags, message):
+    with pytest.raises(DistilledEmbeddingError, match=message):
+        resolve_tensor_train_rank(1000, 64, **flags)
+
+
+def test_tt_svd_start_recovers_a_matrix_of_that_tt_rank():
+    torch.manual_seed(0)
+    source = TensorTrainEmbedding(1000, 64, rank=3, padding_idx=None)
+    target = source.materialize().detach()
+    student = TensorTrainEmbedding(1000, 64, rank=3, padding_idx=None)
+    before = factorization.relative_error(target, student.materialize().detach())
+    student.load_matrix(target)
+    after = factorization.relative_error(target, student.materialize().detach())
+    assert before > 0.9 and after < 1e-4
+
+
+def test_architecture_ties_the_output_layer_to_the_tensor_train(data_bin):
+    _, _, model = build_model_from_flags(
+        data_bin, "--share-all-embeddings", "--embedding-compression", "4",
+        "--embedding-factorization", "tensor-train",
+    )
+    embedding = model.decoder.embed_tokens
+    assert isinstance(embedding, TensorTrainEmbedding)
+    assert model.encoder.embed_tokens is embedding
+    assert model.decoder.output_projection.embedding is embedding
+    assert not any(name.endswith("embed_tokens.weight") for name, _ in model.named_parameters())
+
+
+def test_tensor_train_student_trains_from_the_teacher_and_decodes(data_bin, tiny_teacher, tmp_path):
+    """The baseline row of the recipe: TT-SVD start from the teacher, fine-tune, fairseq-generate."""
+    save_dir = tmp_path / "tt"
+    train = run_fairseq(
+        "train", data_bin, "--user-dir", PLUGIN_DIR, "--task", "translation_reconstruction_init",
+        "--teacher-path", tiny_teacher.best, "--arch", "distilled_transformer_tiny",
+        "--share-all-embeddings", "--embedding-compression", "4",
+        "--embedding-factorization", "tensor-train",
+        "--criterion", "label_smoothed_cross_entropy_with_distillation", "--label-smoothing", "0.1",
+        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2000", "--max-update", "3",
+        "--log-format", "simple", "--log-interval", "1", "--cpu", "--seed", "1",
+        "--num-workers", "0", "--no-epoch-checkpoints", "--save-dir", save_dir,
+    )
+    log = train.stdout + train.stderr
+    error = float(re.search(r"TT-SVD of the teacher: relative Frobenius error ([\d.]+)", log)[1])
+    assert 0 < error < 1
+    assert float(re.search(r"ratio ([\d.]+)x", log)[1]) >= 4
+    assert "emb_loss" in log
+    result = run_fairseq(
+        "generate", data_bin, "--user-dir", PLUGIN_DIR, "--path", save_dir / "checkpoint_last.pt",
+        "--gen-subset", "valid", "--beam", "2", "--batch-size", "50", "--cpu",
+        "--required-batch-size-multiple", "1", "--max-len-b", "10",
+    )
+    assert "\nH-" in result.stdout
+    export = subprocess.run(
+        [sys.executable, "-m", "fairseq_distilled_emb", "export", "--dense",
+         str(save_dir / "checkpoint_last.pt"), str(tmp_path / "dense.pt")],
+        capture_output=True, text=True,
+    )
+    assert export.returncode != 0 and "Traceback" not in export.stderr
+    assert "tensor-train embedding (the baseline): export it without --dense" in export.stderr
+    assert not (tmp_path / "dense.pt").exists()
