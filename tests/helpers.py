@@ -241,3 +241,17 @@ def first_batch(task, split: str = "valid", max_sentences: int = 16):
         dataset=task.dataset(split), max_sentences=max_sentences, seed=1
     ).next_epoch_itr(shuffle=False)
     return next(iter(iterator))
+
+
+def student_train_args(data_bin, teacher_path, save_dir, max_update=6, *extra):
+    """fairseq-train flags of a tiny 4x student of ``teacher_path`` with the full method (CPU)."""
+    return [
+        data_bin, "--user-dir", PLUGIN_DIR, "--task", "translation_reconstruction_init",
+        "--teacher-path", teacher_path, "--arch", "distilled_transformer_tiny",
+        "--share-all-embeddings", "--embedding-compression", "4",
+        "--criterion", "label_smoothed_cross_entropy_with_distillation",
+        "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "1e-3",
+        "--max-tokens", "2000", "--max-update", str(max_update), "--log-format", "simple",
+        "--log-interval", "1", "--cpu", "--seed", "1", "--num-workers", "0",
+        "--no-epoch-checkpoints", "--save-dir", save_dir, *extra,
+    ]

@@ -80,7 +80,7 @@ PROFILES = {
         max_sentences=300, vocab_size=500, teacher_arch=MODEL_128,
         teacher_train=["--lr", "1e-3", "--warmup-updates", "10", "--max-update", "12"],
         student_train=["--lr", "5e-4", "--warmup-updates", "5", "--max-update", "6"],
-        rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x"],
+        rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x", "tensor_train_8x"],
         eval_batch_size=64, max_tokens=2000,
         notes="CI profile: a few hundred sentences and a few updates; BLEU is meaningless here.",
     ),
@@ -88,7 +88,7 @@ PROFILES = {
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_128,
         teacher_train=["--lr", "2e-3", "--warmup-updates", "200", "--max-update", "600"],
         student_train=["--lr", "5e-4", "--warmup-updates", "30", "--max-update", "100"],
-        rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x"],
+        rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x", "tensor_train_8x"],
         notes="Demo profile: a small teacher (d=128, 2+2 layers, 600 updates), sized for a "
         "short CPU run (BLEU is far below the full profile's).",
     ),
@@ -310,7 +310,10 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
 
 
 def teacher_flags(profile: Profile, args) -> List[str]:
-    return (["--arch", "transformer", "--share-all-embeddings", "--task", "translation",
+    # --user-dir only for its torch.load allow-list: an interrupted stock run resumes from
+    # checkpoint_last.pt, which torch >= 2.6 refuses to unpickle without it
+    return (["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
+             "--task", "translation",
              "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
              str(profile.max_tokens)] + profile.teacher_arch + COMMON_TRAIN
             + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
@@ -336,8 +339,8 @@ def smaller_dim_flags(profile: Profile, args, vocab: int, target_params: int) ->
     arch.update({"--encoder-embed-dim": dim, "--decoder-embed-dim": dim,
                  "--encoder-ffn-embed-dim": 4 * dim, "--decoder-ffn-embed-dim": 4 * dim})
     arch_flags = [str(item) for pair in arch.items() for item in pair]
-    return (["--arch", "transformer", "--share-all-embeddings", "--task", "translation",
-             "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
+    return (["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
+             "--task", "translation", "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
              str(profile.max_tokens)] + arch_flags + COMMON_TRAIN + profile.teacher_train
             + device_flags(args.use_gpu, args.fp16))
 

@@ -22,7 +22,8 @@ from fairseq_distilled_emb.errors import DistilledEmbeddingError
 
 logger = logging.getLogger(__name__)
 
-PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation")
+PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation",
+                     "embedding_factorization")
 PLUGIN_TASK_SUFFIX = "_reconstruction_init"
 DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
 DISTILLATION_CRITERION_KEYS = (

@@ -58,12 +58,7 @@ class FactorizedEmbedding(nn.Module):
 
     def activated_codes(self):
         """f(U) with the padding row forced to zero (V×r)."""
-        codes = self.activation_fn(self.U)
-        if self.padding_idx is not None:
-            mask = torch.ones_like(codes[:, :1])
-            mask[self.padding_idx] = 0
-            codes = codes * mask
-        return codes
+        return with_zero_row(self.activation_fn(self.U), self.padding_idx)
 
     def forward(self, tokens):
         """f(U)[tokens]·W: gather the r-dim codes first, so a lookup costs r·d per token."""
@@ -91,6 +86,15 @@ class FactorizedEmbedding(nn.Module):
             f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, "
             f"activation={self.activation}, padding_idx={self.padding_idx}"
         )
+
+
+def with_zero_row(matrix, row):
+    """``matrix`` with ``row`` zeroed, out of place (differentiable; ``row`` None: unchanged)."""
+    if row is None:
+        return matrix
+    mask = torch.ones_like(matrix[:, :1])
+    mask[row] = 0
+    return matrix * mask
 
 
 class FactorizedOutputProjection(nn.Module):

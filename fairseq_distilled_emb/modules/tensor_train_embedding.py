@@ -6,12 +6,15 @@ an optional extra (``pip install -e .[tensor-train]``); this module only adapts 
 embedding interface and ties it to the decoder's output projection, like :class:`FactorizedEmbedding`.
 """
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules.factorized_embedding import with_zero_row
 
 TENSOR_TRAIN_MODES = 3  # V and d are each split into 3 factors (Khrulkov et al. use 3 or 4)
 
@@ -45,9 +48,20 @@ def tensorized_shape(num_embeddings, embedding_dim):
         rows += 1
 
 
+def tensor_train_ranks(row_modes, dim_modes, rank):
+    """TT ranks (1, r_1, …, 1) with r_k = min(r, sizes of the two sides of cut k).
+
+    A rank above either side's size cannot be reached (the TT-SVD truncates it there), so the
+    cores are built at the reachable ranks: shapes then survive a TT-SVD start and a reload.
+    """
+    sizes = [m * n for m, n in zip(row_modes, dim_modes)]
+    cuts = [min(rank, math.prod(sizes[:k]), math.prod(sizes[k:])) for k in range(1, len(sizes))]
+    return [1] + cuts + [1]
+
+
 def tensor_train_params(row_modes, dim_modes, rank):
-    """Parameters of a TT-matrix with ranks (1, r, …, r, 1): Σ_k r_{k-1}·m_k·n_k·r_k."""
-    ranks = [1] + [rank] * (len(row_modes) - 1) + [1]
+    """Parameters of the TT-matrix cores: Σ_k r_{k-1}·m_k·n_k·r_k."""
+    ranks = tensor_train_ranks(row_modes, dim_modes, rank)
     return sum(ranks[k] * m * n * ranks[k + 1] for k, (m, n) in enumerate(zip(row_modes, dim_modes)))
 
 
@@ -90,7 +104,8 @@ class TensorTrainEmbedding(nn.Module):
         self.padding_idx = padding_idx
         self.tensor_train = tltorch.FactorizedEmbedding(
             rows, embedding_dim, auto_tensorize=False, tensorized_num_embeddings=row_modes,
-            tensorized_embedding_dim=dim_modes, factorization="blocktt", rank=rank,
+            tensorized_embedding_dim=dim_modes, factorization="blocktt",
+            rank=tensor_train_ranks(row_modes, dim_modes, rank),
         )
 
     def forward(self, tokens):
@@ -102,11 +117,7 @@ class TensorTrainEmbedding(nn.Module):
     def materialize(self):
         """The dense V×d matrix (padding row zero)."""
         matrix = self.tensor_train.weight.to_matrix()[: self.num_embeddings]
-        if self.padding_idx is not None:
-            keep = torch.ones_like(matrix[:, :1])
-            keep[self.padding_idx] = 0
-            matrix = matrix * keep
-        return matrix
+        return with_zero_row(matrix, self.padding_idx)
 
     def logits(self, hidden):
         """hidden·Eᵀ: the TT is contracted to E once per call (V·d, like a dense output layer)."""
@@ -125,6 +136,6 @@ class TensorTrainEmbedding(nn.Module):
 
     def extra_repr(self):
         shape = self.tensor_train.tensor_shape
-        return (f"{self.num_embeddings}, {self.embedding_dim}, tt_rank={self.rank}, "
+        return (f"{self.num_embeddings}, {self.embedding_dim}, tt_ranks={self.tensor_train.rank}, "
                 f"modes={shape}, padding_idx={self.padding_idx}")
 

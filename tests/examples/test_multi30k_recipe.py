@@ -29,7 +29,8 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
 
     saved = json.loads((results / "results.json").read_text())
-    expected_rows = ["teacher", "svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x"]
+    expected_rows = ["teacher", "svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x",
+                     "tensor_train_8x"]
     assert list(saved["rows"]) == expected_rows
     for name, row in saved["rows"].items():
         assert 0.0 <= row["bleu"] <= 100.0 and "BLEU" not in row["signature"]
@@ -49,3 +50,10 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     second = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=300)
     assert second.returncode == 0 and "$ " not in second.stdout + second.stderr
     assert json.loads((results / "results.json").read_text())["rows"] == saved["rows"]
+
+    # a stage interrupted after fairseq saved checkpoint_last.pt (no train.json yet) resumes
+    # through fairseq's own restore, for the stock teacher too (torch >= 2.6 safe loading)
+    (results / "teacher" / "train.json").unlink()
+    third = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=300)
+    assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
+    assert "loaded checkpoint" in (results / "logs" / "teacher.train.log").read_text().lower()

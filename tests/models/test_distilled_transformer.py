@@ -26,7 +26,8 @@ NAMED_ARCHS = [
     "distilled_transformer_vaswani_wmt_en_de_big",
     "distilled_transformer_wmt_en_de_big",
 ]
-EMBEDDING_FLAGS = {"embedding_rank", "embedding_compression", "embedding_activation"}
+EMBEDDING_FLAGS = {"embedding_rank", "embedding_compression", "embedding_activation",
+                   "embedding_factorization"}
 
 
 def num_params(model):

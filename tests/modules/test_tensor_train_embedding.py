@@ -15,7 +15,7 @@ from fairseq_distilled_emb.modules.tensor_train_embedding import (
     tensor_train_params,
     tensorized_shape,
 )
-from helpers import PLUGIN_DIR, build_model_from_flags, run_fairseq
+from helpers import PLUGIN_DIR, build_model_from_flags, run_fairseq, student_train_args
 
 
 def test_lookup_and_logits_use_the_same_matrix_and_padding_stays_zero():
@@ -68,6 +68,15 @@ def test_tt_svd_start_recovers_a_matrix_of_that_tt_rank():
     assert before > 0.9 and after < 1e-4
 
 
+def test_tt_svd_start_keeps_the_core_shapes_so_the_checkpoint_reloads():
+    """Ranks above a cut's size are capped at build time, as the TT-SVD caps them (V=8,008, 8x)."""
+    rank = resolve_tensor_train_rank(8008, 128, compression=8)
+    student = TensorTrainEmbedding(8008, 128, rank, padding_idx=1)
+    assert min(student.tensor_train.rank[1:-1]) < rank  # the first cut (11·4 = 44) caps it
+    student.load_matrix(torch.randn(8008, 128))
+    TensorTrainEmbedding(8008, 128, rank, padding_idx=1).load_state_dict(student.state_dict())
+
+
 def test_architecture_ties_the_output_layer_to_the_tensor_train(data_bin):
     _, _, model = build_model_from_flags(
         data_bin, "--share-all-embeddings", "--embedding-compression", "4",
@@ -83,16 +92,8 @@ def test_architecture_ties_the_output_layer_to_the_tensor_train(data_bin):
 def test_tensor_train_student_trains_from_the_teacher_and_decodes(data_bin, tiny_teacher, tmp_path):
     """The baseline row of the recipe: TT-SVD start from the teacher, fine-tune, fairseq-generate."""
     save_dir = tmp_path / "tt"
-    train = run_fairseq(
-        "train", data_bin, "--user-dir", PLUGIN_DIR, "--task", "translation_reconstruction_init",
-        "--teacher-path", tiny_teacher.best, "--arch", "distilled_transformer_tiny",
-        "--share-all-embeddings", "--embedding-compression", "4",
-        "--embedding-factorization", "tensor-train",
-        "--criterion", "label_smoothed_cross_entropy_with_distillation", "--label-smoothing", "0.1",
-        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2000", "--max-update", "3",
-        "--log-format", "simple", "--log-interval", "1", "--cpu", "--seed", "1",
-        "--num-workers", "0", "--no-epoch-checkpoints", "--save-dir", save_dir,
-    )
+    train = run_fairseq("train", *student_train_args(
+        data_bin, tiny_teacher.best, save_dir, 3, "--embedding-factorization", "tensor-train"))
     log = train.stdout + train.stderr
     error = float(re.search(r"TT-SVD of the teacher: relative Frobenius error ([\d.]+)", log)[1])
     assert 0 < error < 1

@@ -17,6 +17,7 @@ from helpers import (
     first_batch,
     parse_log_stats,
     run_fairseq,
+    student_train_args,
 )
 
 ERROR_LINE = re.compile(
@@ -26,19 +27,6 @@ ERROR_LINE = re.compile(
 
 def teacher_state(teacher):
     return torch.load(teacher.best, weights_only=False)
-
-
-def student_train_args(data_bin, teacher_path, save_dir, max_update=6, *extra):
-    return [
-        data_bin, "--user-dir", PLUGIN_DIR, "--task", "translation_reconstruction_init",
-        "--teacher-path", teacher_path, "--arch", "distilled_transformer_tiny",
-        "--share-all-embeddings", "--embedding-compression", "4",
-        "--criterion", "label_smoothed_cross_entropy_with_distillation",
-        "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "1e-3",
-        "--max-tokens", "2000", "--max-update", str(max_update), "--log-format", "simple",
-        "--log-interval", "1", "--cpu", "--seed", "1", "--num-workers", "0",
-        "--no-epoch-checkpoints", "--save-dir", save_dir, *extra,
-    ]
 
 
 # ----------------------------------------------------------------------------- reconstruction
