@@ -113,3 +113,15 @@ def test_tensor_train_student_trains_from_the_teacher_and_decodes(data_bin, tiny
     assert export.returncode != 0 and "Traceback" not in export.stderr
     assert "tensor-train embedding (the baseline): export it without --dense" in export.stderr
     assert not (tmp_path / "dense.pt").exists()
+    shipped = subprocess.run(
+        [sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16",
+         str(save_dir / "checkpoint_last.pt"), str(tmp_path / "shipped.pt")],
+        capture_output=True, text=True,
+    )
+    assert shipped.returncode == 0, shipped.stderr[-2000:]
+    decoded = run_fairseq(
+        "generate", data_bin, "--user-dir", PLUGIN_DIR, "--path", tmp_path / "shipped.pt",
+        "--gen-subset", "valid", "--beam", "2", "--batch-size", "50", "--cpu",
+        "--required-batch-size-multiple", "1", "--max-len-b", "10",
+    )
+    assert "\nH-" in decoded.stdout
