@@ -24,10 +24,25 @@ def test_lookup_and_logits_use_the_same_matrix_and_padding_stays_zero():
     matrix = embedding.materialize()
     tokens = torch.tensor([[0, 1, 5], [999, 3, 1]])
     assert torch.allclose(embedding(tokens), matrix[tokens], atol=1e-6)
+    with torch.no_grad():  # the decoding path looks rows up in the cached matrix
+        assert torch.allclose(embedding(tokens), matrix[tokens], atol=1e-6)
     assert embedding(tokens)[tokens.eq(1)].abs().sum() == 0
     assert matrix[1].abs().sum() == 0
     hidden = torch.randn(2, 3, 64)
     assert torch.allclose(embedding.logits(hidden), hidden @ matrix.t(), atol=1e-5)
+
+
+def test_decoding_reuses_the_contracted_matrix_until_a_core_changes():
+    embedding = TensorTrainEmbedding(1000, 64, rank=4, padding_idx=1).eval()
+    hidden = torch.randn(3, 64)
+    with torch.no_grad():
+        first = embedding.logits(hidden)
+        assert embedding._output_matrix() is embedding._output_matrix()
+        next(embedding.parameters()).mul_(2.0)
+        assert torch.allclose(embedding.logits(hidden), hidden @ embedding.materialize().t(),
+                              atol=1e-5)
+        assert not torch.allclose(embedding.logits(hidden), first)
+    assert embedding.logits(hidden).requires_grad  # training path: contracted with gradients
 
 
 def test_a_prime_vocabulary_is_padded_to_three_modes():
