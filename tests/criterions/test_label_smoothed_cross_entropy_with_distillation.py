@@ -97,6 +97,22 @@ def test_blockwise_kl_matches_autograd_through_log_softmax(temperature, block_el
     assert projection.weight.grad is None
 
 
+def test_blockwise_kl_in_bf16_computes_in_float32_and_returns_a_bf16_gradient():
+    """--bf16/--fp16 training: half-precision logits, float32 softmaxes, gradient in the input dtype."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 50, generator=generator)
+    features = torch.randn(2, 3, 8, generator=generator)
+    projection = torch.nn.Linear(8, 50, bias=False)
+    keep = torch.ones(2, 3, dtype=torch.bool)
+    half_input = logits.bfloat16().requires_grad_()
+    half = distillation_kl(half_input, keep, features.bfloat16(), projection.bfloat16(), 2.0)
+    half.backward()
+    full = distillation_kl(logits.bfloat16().float(), keep, features.bfloat16().float(),
+                           projection.float(), 2.0)
+    assert half.dtype == torch.float32 and half_input.grad.dtype == torch.bfloat16
+    assert half.item() == pytest.approx(full.item(), rel=0.05)
+
+
 def test_kd_term_is_positive_against_the_real_teacher(student):
     task, model, batch = student
     model.eval()
