@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -54,7 +53,7 @@ fairseq_tool, device_flags = recipe.fairseq_tool, recipe.device_flags
 
 logger = logging.getLogger("language_model")
 PLUGIN = REPO / "fairseq_distilled_emb"
-SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+SPLITS = recipe.SPLITS
 # Multi30k captions are independent sentences: one sentence per sample, for training and evaluation.
 SENTENCES = ["--sample-break-mode", "eos", "--tokens-per-sample", "128"]
 
@@ -166,29 +165,16 @@ def prepare(args, profile: Profile, results: Path) -> Path:
     data_bin = results / "data-bin"
     if (data_bin / "preprocess.done").exists():
         return data_bin
-    import sentencepiece as spm
-
     work = results / "data"
     work.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         lines = read_split(args.data_dir, split, profile.max_sentences)
         (work / f"{split}.raw.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    spm.SentencePieceTrainer.train(
-        input=str(work / "train.raw.en"), model_prefix=str(work / "spm"),
-        vocab_size=args.vocab_size or profile.vocab_size, character_coverage=1.0,
-        model_type="unigram", bos_id=-1, eos_id=-1, hard_vocab_limit=False, minloglevel=2,
-    )
-    processor = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
-    for split in SPLITS:
-        raw = (work / f"{split}.raw.en").read_text(encoding="utf-8").splitlines()
-        pieces = [" ".join(processor.encode(line, out_type=str)) for line in raw]
-        (work / f"{split}.spm.en").write_text("\n".join(pieces) + "\n", encoding="utf-8")
-    if data_bin.exists():
-        shutil.rmtree(data_bin)
-    run([fairseq_tool("preprocess"), "--only-source", "--trainpref", f"{work}/train.spm.en",
-         "--validpref", f"{work}/valid.spm.en", "--testpref", f"{work}/test.spm.en",
-         "--destdir", str(data_bin), "--workers", "2"], results / "logs" / "preprocess.log")
-    (data_bin / "preprocess.done").write_text("ok\n")
+    recipe.sentencepiece_encode(work, ["en"], args.vocab_size or profile.vocab_size)
+    recipe.binarize(results, data_bin, [
+        "--only-source", "--trainpref", f"{work}/train.spm.en",
+        "--validpref", f"{work}/valid.spm.en", "--testpref", f"{work}/test.spm.en",
+    ])
     return data_bin
 
 

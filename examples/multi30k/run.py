@@ -209,35 +209,47 @@ def prepare(args, profile: Profile, results: Path) -> Path:
     data_bin = results / "data-bin"
     if (data_bin / "preprocess.done").exists():
         return data_bin
-    import sentencepiece as spm
-
     work = results / "data"
     work.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         for lang in ("de", "en"):
             lines = read_split(args.data_dir, split, lang, profile.max_sentences)
             (work / f"{split}.raw.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    vocab_size = args.vocab_size or profile.vocab_size
+    sentencepiece_encode(work, ["de", "en"], args.vocab_size or profile.vocab_size)
+    binarize(results, data_bin, [
+        "--source-lang", "de", "--target-lang", "en", "--trainpref", f"{work}/train.spm",
+        "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
+        "--joined-dictionary",
+    ])
+    return data_bin
+
+
+def sentencepiece_encode(work: Path, langs: List[str], vocab_size: int) -> None:
+    """One sentencepiece model on the train side of ``langs`` (joint when several), then each
+    split's ``<split>.raw.<lang>`` under ``work`` encoded into ``<split>.spm.<lang>``."""
+    import sentencepiece as spm
+
     spm.SentencePieceTrainer.train(
-        input=f"{work}/train.raw.de,{work}/train.raw.en", model_prefix=str(work / "spm"),
-        vocab_size=vocab_size, character_coverage=1.0, model_type="unigram",
-        bos_id=-1, eos_id=-1, minloglevel=2,
+        input=",".join(f"{work}/train.raw.{lang}" for lang in langs),
+        model_prefix=str(work / "spm"), vocab_size=vocab_size, character_coverage=1.0,
+        model_type="unigram", bos_id=-1, eos_id=-1, minloglevel=2,
         hard_vocab_limit=False,  # a small corpus may not have vocab_size pieces: take what it has
     )
     processor = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
     for split in SPLITS:
-        for lang in ("de", "en"):
+        for lang in langs:
             raw = (work / f"{split}.raw.{lang}").read_text(encoding="utf-8").splitlines()
             pieces = [" ".join(processor.encode(line, out_type=str)) for line in raw]
             (work / f"{split}.spm.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
+
+
+def binarize(results: Path, data_bin: Path, flags: List[str]) -> None:
+    """fairseq-preprocess into a fresh ``data_bin``, marked done only once it has completed."""
     if data_bin.exists():
         shutil.rmtree(data_bin)
-    run([fairseq_tool("preprocess"), "--source-lang", "de", "--target-lang", "en",
-         "--trainpref", f"{work}/train.spm", "--validpref", f"{work}/valid.spm",
-         "--testpref", f"{work}/test.spm", "--destdir", str(data_bin), "--joined-dictionary",
-         "--workers", "2"], results / "logs" / "preprocess.log")
+    run([fairseq_tool("preprocess"), *flags, "--destdir", str(data_bin), "--workers", "2"],
+        results / "logs" / "preprocess.log")
     (data_bin / "preprocess.done").write_text("ok\n")
-    return data_bin
 
 
 def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, results: Path) -> Dict:
