@@ -15,17 +15,21 @@ COLUMNS = (
     ("embedding_params", "emb. params"),
     ("total_params", "total params"),
     ("bleu", "BLEU"),
+    ("bleu_vs_teacher", "Δ teacher"),
     ("reconstruction_error", "recon. rel. err"),
     ("train_seconds", "train s"),
+    ("eval_seconds", "test decode s"),
     ("sentences_per_second", "decode sent/s"),
+    ("decode_vs_teacher", "decode × teacher"),
     ("checkpoint_bytes", "ckpt MB"),
+    ("exported_bytes", "fp16 export MB"),
 )
 
 
 def _cell(key, value):
     if value is None:
         return "–"
-    if key == "checkpoint_bytes":
+    if key.endswith("_bytes"):
         return f"{value / 1e6:.1f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -34,7 +38,23 @@ def _cell(key, value):
     return str(value)
 
 
+def versus_teacher(rows: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Each row with its BLEU difference and decode-speed ratio against the teacher's row."""
+    teacher = rows.get("teacher", {})
+    compared = {}
+    for name, row in rows.items():
+        row = dict(row)
+        if teacher.get("bleu") is not None and row.get("bleu") is not None:
+            row["bleu_vs_teacher"] = round(row["bleu"] - teacher["bleu"], 2)
+        if teacher.get("sentences_per_second") and row.get("sentences_per_second"):
+            row["decode_vs_teacher"] = round(
+                row["sentences_per_second"] / teacher["sentences_per_second"], 2)
+        compared[name] = row
+    return compared
+
+
 def markdown_table(rows: Dict[str, Dict]) -> str:
+    rows = versus_teacher(rows)
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     for name, row in rows.items():

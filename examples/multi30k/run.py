@@ -4,8 +4,9 @@
 Every stage runs stock fairseq commands (fairseq-preprocess, fairseq-train, fairseq-generate) and writes
 its output under ``--results``; a stage whose output exists is skipped, so an interrupted run continues
 where it stopped. Profiles: ``ci`` (a few hundred sentences, a few updates: the test of this script),
-``demo`` (``make demo``: a short run, ≤ 20 minutes on 2 CPU cores) and ``full`` (``make benchmark``:
-the teacher recipe of the benchmark, every baseline row; use a GPU).
+``demo`` (``make demo``: a short run, ≤ 20 minutes on 2 CPU cores), ``cpu`` (every row with the
+benchmark's teacher, budgets sized for ≤ 3 hours on 2 CPU cores) and ``full`` (``make benchmark``:
+the teacher trained to early stopping, 2,000 updates per row; use a GPU).
 
     python examples/multi30k/run.py --profile demo --results results/multi30k-demo
 """
@@ -91,6 +92,17 @@ PROFILES = {
         rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x", "tensor_train_8x"],
         notes="Demo profile: a small teacher (d=128, 2+2 layers, 600 updates), sized for a "
         "short CPU run (BLEU is far below the full profile's).",
+    ),
+    "cpu": Profile(
+        max_sentences=None, vocab_size=8000, teacher_arch=MODEL_256,
+        teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "12"],
+        student_train=["--lr", "3e-4", "--warmup-updates", "50", "--max-update", "250"],
+        rows=["distilled_8x", "svd_linear_8x", "smaller_dim", "distilled_16x", "distilled_4x",
+              "distilled_no_kd_8x", "distilled_linear_8x", "random_init_8x",
+              "distilled_output_kd_8x", "tensor_train_8x"],
+        notes="CPU profile: the full profile's teacher (3+3 layers, d=256, ffn 1024) stopped after "
+        "12 epochs (1,620 updates); smaller_dim trains from scratch with the same 12 epochs; sized "
+        "for ≤ 3 hours on 2 CPU cores.",
     ),
     "full": Profile(
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_256,
@@ -304,6 +316,7 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
     if done.exists():
         return json.loads(done.read_text())
     references = (results / "data" / f"{subset}.raw.en").read_text(encoding="utf-8").splitlines()
+    started = time.perf_counter()
     output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
                   "--path", str(checkpoint), "--gen-subset", subset, "--beam", "5",
                   "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
@@ -315,10 +328,20 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
     (out_dir / f"{subset}.hyp.en").write_text("\n".join(score.hypotheses) + "\n", encoding="utf-8")
     payload = {"bleu": round(score.bleu, 2), "signature": score.signature,
                "sentences": score.sentences, "sentences_per_second": score.sentences_per_second,
-               "checkpoint_bytes": checkpoint.stat().st_size}
+               "checkpoint_bytes": checkpoint.stat().st_size,
+               "eval_seconds": round(time.perf_counter() - started, 1),
+               "exported_bytes": export_size(checkpoint, out_dir, results, name)}
     write_json(done, payload)
     logger.info(f"{name}: BLEU {score.bleu:.2f} ({score.signature})")
     return payload
+
+
+def export_size(checkpoint: Path, out_dir: Path, results: Path, name: str) -> int:
+    """Bytes of the fp16 inference export (``fairseq-distilled-emb export --fp16``): what ships."""
+    exported = out_dir / "exported_fp16.pt"
+    run([sys.executable, "-m", "fairseq_distilled_emb", "export", str(checkpoint), str(exported),
+         "--fp16"], results / "logs" / f"{name}.export.log")
+    return exported.stat().st_size
 
 
 def teacher_flags(profile: Profile, args) -> List[str]:

@@ -36,6 +36,9 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
         assert 0.0 <= row["bleu"] <= 100.0 and "BLEU" not in row["signature"]
         assert row["sentences"] == len(multi30k_corpus.lines("test", "en"))
         assert row["embedding_params"] > 0 and row["total_params"] > row["embedding_params"]
+        # the fp16 export (no optimizer state, half-size weights) is what ships: it must be smaller
+        assert 0 < row["exported_bytes"] < row["checkpoint_bytes"]
+        assert row["eval_seconds"] > 0 and row["train_seconds"] > 0
     rows = saved["rows"]
     assert rows["distilled_16x"]["embedding_params"] < rows["distilled_8x"]["embedding_params"] \
         < rows["distilled_4x"]["embedding_params"] < rows["teacher"]["embedding_params"]
@@ -44,6 +47,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     table = (results / "results.md").read_text()
     assert all(f"| {name} |" in table for name in expected_rows)
     assert "nrefs:1|case:mixed|eff:no|tok:13a" in table
+    assert "| Δ teacher |" in table and "| decode × teacher |" in table and "fp16 export MB" in table
     assert (results / "bleu_vs_params.png").stat().st_size > 1000
 
     # resumable: a second run skips every stage (no command runs) and rewrites the same table
