@@ -337,10 +337,14 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
 
 
 def export_size(checkpoint: Path, out_dir: Path, results: Path, name: str) -> int:
-    """Bytes of the fp16 inference export (``fairseq-distilled-emb export --fp16``): what ships."""
+    """Bytes of the fp16 inference export (``fairseq-distilled-emb export --fp16``): what ships.
+
+    One export per checkpoint: reused when newer than the checkpoint (a second evaluated subset),
+    redone (--force) only when the checkpoint was retrained after it."""
     exported = out_dir / "exported_fp16.pt"
-    run([sys.executable, "-m", "fairseq_distilled_emb", "export", str(checkpoint), str(exported),
-         "--fp16"], results / "logs" / f"{name}.export.log")
+    if not exported.exists() or exported.stat().st_mtime < checkpoint.stat().st_mtime:
+        run([sys.executable, "-m", "fairseq_distilled_emb", "export", str(checkpoint),
+             str(exported), "--fp16", "--force"], results / "logs" / f"{name}.export.log")
     return exported.stat().st_size
 
 
