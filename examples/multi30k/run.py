@@ -329,8 +329,7 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
     payload = {"bleu": round(score.bleu, 2), "signature": score.signature,
                "sentences": score.sentences, "sentences_per_second": score.sentences_per_second,
                "checkpoint_bytes": checkpoint.stat().st_size,
-               "eval_seconds": round(time.perf_counter() - started, 1),
-               "exported_bytes": export_size(checkpoint, out_dir, results, name)}
+               "eval_seconds": round(time.perf_counter() - started, 1)}
     write_json(done, payload)
     logger.info(f"{name}: BLEU {score.bleu:.2f} ({score.signature})")
     return payload
@@ -338,13 +337,11 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
 
 def export_size(checkpoint: Path, out_dir: Path, results: Path, name: str) -> int:
     """Bytes of the fp16 inference export (``fairseq-distilled-emb export --fp16``): what ships.
-
-    One export per checkpoint: reused when newer than the checkpoint (a second evaluated subset),
-    redone (--force) only when the checkpoint was retrained after it."""
+    A stage like the others: skipped when its output exists."""
     exported = out_dir / "exported_fp16.pt"
-    if not exported.exists() or exported.stat().st_mtime < checkpoint.stat().st_mtime:
+    if not exported.exists():
         run([sys.executable, "-m", "fairseq_distilled_emb", "export", str(checkpoint),
-             str(exported), "--fp16", "--force"], results / "logs" / f"{name}.export.log")
+             str(exported), "--fp16"], results / "logs" / f"{name}.export.log")
     return exported.stat().st_size
 
 
@@ -416,9 +413,10 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
         if row == "smaller_dim":
             width = int(flags[flags.index("--encoder-embed-dim") + 1])
             summary["embedding_params"] = vocab * width
-        scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
-                          profile, row)
-        rows[row] = {**summary, **scores, "description": ROW_DESCRIPTIONS[row]}
+        checkpoint = save_dir / "checkpoint_best.pt"
+        scores = evaluate(data_bin, checkpoint, save_dir, results, args, profile, row)
+        rows[row] = {**summary, **scores, "description": ROW_DESCRIPTIONS[row],
+                     "exported_bytes": export_size(checkpoint, save_dir, results, row)}
     return rows
 
 
@@ -452,7 +450,9 @@ def main(argv=None):
     vocab = dictionary_size(data_bin)
     dim = int(dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))["--encoder-embed-dim"])
     rows = {"teacher": {**teacher_summary, **teacher_scores, "embedding_params": vocab * dim,
-                        "description": ROW_DESCRIPTIONS["teacher"]}}
+                        "description": ROW_DESCRIPTIONS["teacher"],
+                        "exported_bytes": export_size(teacher_ckpt, teacher_dir, results,
+                                                      "teacher")}}
     rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))
     budget = profile.student_train[profile.student_train.index("--max-update") + 1]
     notes = f"{profile.notes} Every student row: {budget} fine-tuning updates."
