@@ -17,6 +17,8 @@ COLUMNS = (
     ("bleu", "BLEU"),
     ("bleu_vs_teacher", "Δ teacher"),
     ("reconstruction_error", "recon. rel. err"),
+    ("updates", "updates"),
+    ("updates_with_teacher", "updates incl. teacher"),
     ("train_seconds", "train s"),
     ("eval_seconds", "test decode s"),
     ("sentences_per_second", "decode sent/s"),
@@ -46,6 +48,9 @@ def versus_teacher(rows: Dict[str, Dict]) -> Dict[str, Dict]:
         row = dict(row)
         if teacher.get("bleu") is not None and row.get("bleu") is not None:
             row["bleu_vs_teacher"] = round(row["bleu"] - teacher["bleu"], 2)
+        if row.get("updates") is not None:  # a student also had every update of its teacher
+            row["updates_with_teacher"] = row["updates"] + (
+                teacher.get("updates", 0) if row.get("from_teacher") else 0)
         if teacher.get("sentences_per_second") and row.get("sentences_per_second"):
             row["decode_vs_teacher"] = round(
                 row["sentences_per_second"] / teacher["sentences_per_second"], 2)
@@ -63,8 +68,22 @@ def markdown_table(rows: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
+def method_of(name: str) -> str:
+    """The frontier line a row belongs to: its name without the ``_<N>x`` size (and data) suffix."""
+    base = name.split("+")[0]
+    stem, _, size = base.rpartition("_")
+    method = stem if size.endswith("x") and size[:-1].isdigit() else base
+    return method + (f" ({name.split('+', 1)[1]} data)" if "+" in name else "")
+
+
+def size_label(name: str) -> str:
+    size = name.split("+")[0].rpartition("_")[2]
+    return size if size.endswith("x") and size[:-1].isdigit() else name
+
+
 def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
-    """BLEU against embedding parameters, one labelled point per row (skipped without matplotlib)."""
+    """sacreBLEU against total parameters and against the fp16 export's MB: one line per method
+    (its sizes joined, labelled by compression), the teacher a star (skipped without matplotlib)."""
     try:
         import matplotlib
 
@@ -72,19 +91,32 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, axis = plt.subplots(figsize=(8, 5))
+    methods: Dict[str, list] = {}
     for name, row in rows.items():
-        if row.get("bleu") is None or row.get("embedding_params") is None:
-            continue
-        marker = "*" if name == "teacher" else ("o" if name.startswith("distilled") else "s")
-        axis.scatter(row["embedding_params"], row["bleu"], marker=marker, s=80)
-        axis.annotate(name, (row["embedding_params"], row["bleu"]), fontsize=8,
-                      xytext=(4, 4), textcoords="offset points")
-    axis.set_xscale("log")
-    axis.set_xlabel("embedding parameters")
-    axis.set_ylabel("sacreBLEU (test_2016_flickr)")
-    axis.set_title(title)
-    axis.grid(True, alpha=0.3)
+        if row.get("bleu") is not None and row.get("total_params"):
+            methods.setdefault("teacher" if name == "teacher" else method_of(name), []).append(
+                (name, row))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    panels = (("total_params", 1.0, "total parameters"),
+              ("exported_bytes", 1e-6, "fp16 export (MB)"))
+    for axis, (key, scale, label) in zip(axes, panels):
+        for index, (method, members) in enumerate(sorted(methods.items())):
+            points = sorted((row[key] * scale, row["bleu"], name) for name, row in members
+                            if row.get(key))
+            if not points:
+                continue
+            xs, ys, names = zip(*points)
+            style = dict(marker="*", markersize=14) if method == "teacher" else dict(marker="o")
+            axis.plot(xs, ys, linestyle="-" if len(xs) > 1 else "none", label=method, **style)
+            for number, (x, y, name) in enumerate(zip(xs, ys, names)):
+                if method != "teacher" and len(xs) > 1:  # sizes on lines; the legend names singles
+                    axis.annotate(size_label(name), (x, y), fontsize=7, textcoords="offset points",
+                                  xytext=(5, -10 if (index + number) % 2 else 5))
+        axis.set_xlabel(label)
+        axis.grid(True, alpha=0.3)
+    axes[0].set_ylabel("sacreBLEU (test_2016_flickr)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -92,11 +124,11 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
 
 
 def write_report(results: Path, rows: Dict[str, Dict], meta: Dict) -> str:
-    """Write results.json, results.md and bleu_vs_params.png under ``results``; return the table."""
+    """Write results.json, results.md and frontier.png under ``results``; return the table."""
     table = markdown_table(rows)
     signature = next((row["signature"] for row in rows.values() if row.get("signature")), "")
     (results / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    plotted = plot(rows, results / "bleu_vs_params.png",
+    plotted = plot(rows, results / "frontier.png",
                    f"Multi30k De→En, {meta.get('profile')} profile ({meta.get('device')})")
     text = "\n\n".join(filter(None, [
         f"# Multi30k results ({meta.get('profile')} profile, {meta.get('device')})",
@@ -104,7 +136,7 @@ def write_report(results: Path, rows: Dict[str, Dict], meta: Dict) -> str:
         table,
         f"sacreBLEU signature: `{signature}`",
         f"Command: `{meta.get('command', '')}`",
-        "![BLEU vs embedding parameters](bleu_vs_params.png)" if plotted else "",
+        "![BLEU against total parameters and fp16 export size](frontier.png)" if plotted else "",
     ]))
     (results / "results.md").write_text(text + "\n", encoding="utf-8")
     return text

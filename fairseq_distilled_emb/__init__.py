@@ -6,11 +6,13 @@ after ``pip install -e .``); importing it registers the architectures, tasks and
 
 from fairseq_distilled_emb.compat import (
     allow_fairseq_checkpoints_in_safe_torch_load,
+    keep_safe_loading_on,
     restore_numpy_compat_long,
 )
 from fairseq_distilled_emb.errors import DistilledEmbeddingError, install_excepthook
 
 allow_fairseq_checkpoints_in_safe_torch_load()
+keep_safe_loading_on()
 restore_numpy_compat_long()
 install_excepthook()
 

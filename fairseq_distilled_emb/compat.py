@@ -12,6 +12,7 @@ configs, the omegaconf containers of hydra configs, and fairseq's own logging me
 import argparse
 import collections
 import logging
+import os
 import types
 
 import torch
@@ -54,16 +55,25 @@ def fairseq_checkpoint_globals():
     ] + _numpy_scalar_globals()
 
 
+#: numpy 2 renamed ``numpy.core`` to ``numpy._core``; a pickle names the module of the numpy that
+#: wrote it, so each of these is allow-listed under both spellings.
+NUMPY_CORE_MODULES = ("numpy.core", "numpy._core")
+
+
 def _numpy_scalar_globals():
-    """numpy scalars (e.g. a ``best_loss`` computed with numpy) pickle through these."""
+    """numpy arrays and scalars (``--eval-bleu``'s count meters in ``extra_state["metrics"]``, a
+    ``best_loss`` computed with numpy) pickle through these, written by numpy 1 or numpy 2."""
     import numpy as np
 
-    if int(np.__version__.split(".")[0]) >= 2:  # numpy 2 renamed np.core to np._core
+    if int(np.__version__.split(".")[0]) >= 2:
         from numpy._core import multiarray
     else:
         from numpy.core import multiarray
-    found = [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    found = [np.dtype, np.ndarray]
     found += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+    for function in (multiarray.scalar, multiarray._reconstruct):
+        found += [(function, f"{module}.multiarray.{function.__name__}")
+                  for module in NUMPY_CORE_MODULES]
     return found
 
 
@@ -73,6 +83,22 @@ def allow_fairseq_checkpoints_in_safe_torch_load():
     if add_safe_globals is None:  # torch < 2.4 has no restricted default: nothing to do
         return
     add_safe_globals(fairseq_checkpoint_globals())
+
+
+def keep_safe_loading_on():
+    """Undo ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` for this process (with a warning).
+
+    The variable is a common workaround for fairseq on torch >= 2.6; it makes every ``torch.load``
+    that does not pass ``weights_only`` (all of fairseq's) unpickle freely, so a ``--path`` or
+    ``--teacher-path`` file can run code. With the allow-list above fairseq's checkpoints load
+    safely, so the plugin needs the workaround nowhere and removes it.
+    """
+    if os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None) is not None:
+        logger.warning(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD ignored: fairseq_distilled_emb loads fairseq "
+            "checkpoints with torch's safe (weights-only) unpickler; full unpickling would run "
+            "any code a checkpoint file carries"
+        )
 
 
 def restore_numpy_compat_long():

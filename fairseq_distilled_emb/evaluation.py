@@ -31,14 +31,29 @@ class GenerationScore:
     hypotheses: List[str]
 
 
-def detokenized_hypotheses(generate_output: str) -> Dict[int, str]:
-    """``D-<id>`` lines (hypotheses after ``--post-process``) keyed by sentence id."""
+def detokenized_hypotheses(generate_output: str, prefix: str = "D-") -> Dict[int, str]:
+    """``D-<id>`` lines (hypotheses after ``--post-process``) keyed by sentence id; ``prefix="H-"``
+    gives the hypotheses as dictionary tokens (sentencepiece pieces when not post-processed)."""
     hypotheses = {}
     for line in generate_output.splitlines():
-        if line.startswith("D-"):
+        if line.startswith(prefix):
             head, _score, text = (line.split("\t", 2) + ["", ""])[:3]
-            hypotheses[int(head[2:])] = text.strip()
+            hypotheses[int(head[len(prefix):])] = text.strip()
     return hypotheses
+
+
+def hypotheses_by_id(generate_output: str, expected: int, prefix: str = "D-") -> List[str]:
+    """Exactly one hypothesis per input sentence ``0..expected-1``, in input order, or an error."""
+    hypotheses = detokenized_hypotheses(generate_output, prefix)
+    if len(hypotheses) != expected or any(i not in hypotheses for i in range(expected)):
+        missing = sorted(set(range(expected)) - set(hypotheses))[:10]
+        raise DistilledEmbeddingError(
+            f"fairseq-generate returned {len(hypotheses)} hypotheses for {expected} "
+            f"references (missing ids {missing}...): pass --required-batch-size-multiple 1 to "
+            "fairseq-generate (fairseq 0.12 drops the last batch's remainder) and do not use "
+            "--skip-invalid-size-inputs-valid-test when scoring"
+        )
+    return [hypotheses[i] for i in range(expected)]
 
 
 def decode_speed(generate_output: str) -> Optional[float]:
@@ -49,16 +64,7 @@ def decode_speed(generate_output: str) -> Optional[float]:
 
 def score_generation(generate_output: str, references: List[str]) -> GenerationScore:
     """Corpus sacreBLEU of the detokenized hypotheses against raw references, aligned by id."""
-    hypotheses = detokenized_hypotheses(generate_output)
-    if len(hypotheses) != len(references):
-        missing = sorted(set(range(len(references))) - set(hypotheses))[:10]
-        raise DistilledEmbeddingError(
-            f"fairseq-generate returned {len(hypotheses)} hypotheses for {len(references)} "
-            f"references (missing ids {missing}...): pass --required-batch-size-multiple 1 to "
-            "fairseq-generate (fairseq 0.12 drops the last batch's remainder) and do not use "
-            "--skip-invalid-size-inputs-valid-test when scoring"
-        )
-    ordered = [hypotheses[i] for i in range(len(references))]
+    ordered = hypotheses_by_id(generate_output, len(references))
     metric = sacrebleu.metrics.BLEU()
     result = metric.corpus_score(ordered, [references])
     return GenerationScore(

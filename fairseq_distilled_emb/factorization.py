@@ -122,14 +122,19 @@ def dense_transformer_params(vocab: int, dim: int, ffn: int, encoder_layers: int
     return vocab * dim + encoder_layers * encoder_layer + decoder_layers * decoder_layer
 
 
-def matching_dense_dim(vocab: int, layers: Tuple[int, int], heads: int, target_params: int) -> int:
-    """The width (a multiple of 2·heads, FFN 4×) of a dense model closest to ``target_params``."""
+def matching_dense_shape(vocab: int, layers: Tuple[int, int], heads: int,
+                         target_params: int) -> Tuple[int, int]:
+    """(width, FFN width) of a dense model with ``target_params`` parameters: the width (a multiple
+    of 2·heads) whose 4× FFN model comes closest, then the FFN width that closes the rest of the gap
+    (one FFN unit is ~2·d parameters per layer, so the match is within a few hundred)."""
     step = 2 * heads
-    candidates = range(step, 4096, step)
-    return min(
-        candidates,
-        key=lambda dim: abs(dense_transformer_params(vocab, dim, 4 * dim, *layers) - target_params),
+    dim = min(
+        range(step, 4096, step),
+        key=lambda d: abs(dense_transformer_params(vocab, d, 4 * d, *layers) - target_params),
     )
+    without_ffn = dense_transformer_params(vocab, dim, 0, *layers)
+    per_ffn_unit = dense_transformer_params(vocab, dim, 1, *layers) - without_ffn
+    return dim, max(1, round((target_params - without_ffn) / per_ffn_unit))
 
 
 # ----------------------------------------------------------------------------- initial factors

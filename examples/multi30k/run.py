@@ -72,10 +72,16 @@ MODEL_128 = [
     "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim",
     "512", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.1",
 ]
+# The dense family: for each compression, a stock transformer whose width gives the compressed
+# row's total parameter count, trained from scratch with the teacher's recipe.
+DENSE_ROWS = {"dense_4x": 4, "dense_8x": 8, "dense_16x": 16, "dense_32x": 32}
 ALL_ROWS = [
-    "smaller_dim", "svd_linear_8x", "random_init_8x", "distilled_no_kd_8x", "distilled_linear_8x",
-    "distilled_4x", "distilled_8x", "distilled_16x", "distilled_output_kd_8x", "tensor_train_8x",
+    "teacher_continued", "svd_linear_8x", "random_init_8x", "distilled_no_kd_8x", "distilled_linear_8x",
+    "distilled_4x", "distilled_8x", "distilled_16x", "distilled_32x", "distilled_output_kd_8x",
+    "tensor_train_8x", "svd_linear_16x", "tensor_train_16x", *DENSE_ROWS,
 ]
+# What a row trains on: the gold targets, the teacher's beam output (sequence-level KD [C]) or both.
+TRAINING_DATA = ("gold", "teacher", "both")
 PROFILES = {
     "ci": Profile(
         max_sentences=300, vocab_size=500, teacher_arch=MODEL_128,
@@ -126,13 +132,21 @@ ROW_FLAGS: Dict[str, Dict] = {
     "distilled_4x": dict(compression=4, flags=[]),
     "distilled_8x": dict(compression=8, flags=[]),
     "distilled_16x": dict(compression=16, flags=[]),
+    "distilled_32x": dict(compression=32, flags=[]),
+    "svd_linear_16x": dict(compression=16, flags=["--embedding-init", "svd",
+                                                  "--embedding-activation", "linear",
+                                                  "--embedding-distill-weight", "0"]),
+    "tensor_train_16x": dict(compression=16, flags=["--embedding-factorization", "tensor-train"]),
     "distilled_output_kd_8x": dict(compression=8, flags=["--kd-alpha", "0.5",
                                                          "--kd-temperature", "2"]),
     "tensor_train_8x": dict(compression=8, flags=["--embedding-factorization", "tensor-train"]),
 }
 ROW_DESCRIPTIONS = {
     "teacher": "dense teacher (stock transformer)",
-    "smaller_dim": "smaller-dim dense, same total params as the 8x student, from scratch",
+    "teacher_continued": "the dense teacher trained on with the students' schedule and budget "
+                         "(the reference for what compression costs)",
+    **{name: f"dense transformer, same total params as the {ratio}x student (narrower d), from "
+             "scratch with the teacher's recipe" for name, ratio in DENSE_ROWS.items()},
     "svd_linear_8x": "truncated-SVD linear factorization 8x, fine-tuned without KD",
     "random_init_8x": "ReLU factorization 8x from random init (+ embedding KD)",
     "distilled_no_kd_8x": "Distilled Embedding 8x without KD (β=0)",
@@ -140,6 +154,9 @@ ROW_DESCRIPTIONS = {
     "distilled_4x": "Distilled Embedding 4x (full method)",
     "distilled_8x": "Distilled Embedding 8x (full method)",
     "distilled_16x": "Distilled Embedding 16x (full method)",
+    "distilled_32x": "Distilled Embedding 32x (full method)",
+    "svd_linear_16x": "truncated-SVD linear factorization 16x, fine-tuned without KD",
+    "tensor_train_16x": "tensor-train embedding 16x, from the teacher's TT-SVD (+ embedding KD)",
     "distilled_output_kd_8x": "Distilled Embedding 8x + output KD (α=0.5, T=2; beyond the paper)",
     "tensor_train_8x": "tensor-train embedding (tensorly-torch), same budget, from the teacher's "
                        "TT-SVD (+ embedding KD)",
@@ -255,13 +272,70 @@ def sentencepiece_encode(work: Path, langs: List[str], vocab_size: int) -> None:
             (work / f"{split}.spm.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
 
 
-def binarize(results: Path, data_bin: Path, flags: List[str]) -> None:
+def binarize(results: Path, data_bin: Path, flags: List[str], log_name: str = "preprocess") -> None:
     """fairseq-preprocess into a fresh ``data_bin``, marked done only once it has completed."""
     if data_bin.exists():
         shutil.rmtree(data_bin)
     run([fairseq_tool("preprocess"), *flags, "--destdir", str(data_bin), "--workers", "2"],
-        results / "logs" / "preprocess.log")
+        results / "logs" / f"{log_name}.log")
     (data_bin / "preprocess.done").write_text("ok\n")
+
+
+def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
+                          teacher: Path) -> Path:
+    """Sequence-level KD [C] (Kim & Rush 2016): the teacher's beam-5 translation of every training
+    source sentence, aligned by id (the count is checked), binarized with the teacher's dictionary.
+    Returns the data-bin whose ``train`` split is the teacher's output (valid/test stay gold)."""
+    kd_bin = results / "data-bin-kd"
+    if (kd_bin / "preprocess.done").exists():
+        return kd_bin
+    work = results / "data"
+    sources = (work / "train.spm.de").read_text(encoding="utf-8").splitlines()
+    started = time.perf_counter()
+    output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
+                  "--path", str(teacher), "--gen-subset", "train", "--beam", "5",
+                  "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
+                  "--max-len-a", "1.2", "--max-len-b", "10"] + device_flags(args.use_gpu, False),
+                 results / "logs" / "teacher.train.generate.log")
+    translations = evaluation.hypotheses_by_id(output, len(sources), prefix="H-")
+    (work / "train.kd.de").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    (work / "train.kd.en").write_text("\n".join(translations) + "\n", encoding="utf-8")
+    binarize(results, kd_bin, [
+        "--source-lang", "de", "--target-lang", "en", "--trainpref", f"{work}/train.kd",
+        "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
+        "--srcdict", str(data_bin / "dict.de.txt"), "--joined-dictionary",
+    ], log_name="preprocess.kd")
+    write_json(kd_bin / "distill.json", {"sentences": len(translations),
+                                         "seconds": round(time.perf_counter() - started, 1)})
+    return kd_bin
+
+
+def gold_and_distilled(results: Path, data_bin: Path, kd_bin: Path) -> Path:
+    """A data-bin whose training set is gold + teacher output: fairseq's translation task
+    concatenates ``train``, ``train1``, … of one directory, so the teacher's split is linked in as
+    ``train1`` beside the gold one (nothing is copied)."""
+    both = results / "data-bin-both"
+    if (both / "preprocess.done").exists():
+        return both
+    if both.exists():
+        shutil.rmtree(both)
+    both.mkdir()
+    for source in data_bin.iterdir():
+        if source.name != "preprocess.done":
+            (both / source.name).symlink_to(source.resolve())
+    for source in kd_bin.glob("train.*"):
+        (both / source.name.replace("train.", "train1.", 1)).symlink_to(source.resolve())
+    (both / "preprocess.done").write_text("ok\n")
+    return both
+
+
+def training_data(args, profile: Profile, results: Path, data_bin: Path, teacher: Path,
+                  kind: str) -> Path:
+    """The data-bin a row trains on: ``gold``, ``teacher`` (its beam output) or ``both``."""
+    if kind == "gold":
+        return data_bin
+    kd_bin = distill_training_data(args, profile, results, data_bin, teacher)
+    return kd_bin if kind == "teacher" else gold_and_distilled(results, data_bin, kd_bin)
 
 
 def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, results: Path) -> Dict:
@@ -300,6 +374,9 @@ def parse_train_log(output: str) -> Dict:
         summary["reconstruction_error"] = float(errors.group(1))
         summary["svd_error_rank_r"] = float(errors.group(2))
         summary["svd_error_rank_r_minus_1"] = float(errors.group(3))
+    valid_losses = re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", output)
+    if valid_losses:
+        summary["best_valid_loss"] = min(float(loss) for loss in valid_losses)
     wps = re.findall(r"\| train \| epoch .*?\| wps ([\d.]+)", output)
     if wps:
         summary["train_wps"] = float(wps[-1])
@@ -366,19 +443,26 @@ def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
             + device_flags(args.use_gpu, args.fp16))
 
 
-def smaller_dim_flags(profile: Profile, args, vocab: int, target_params: int) -> List[str]:
-    """A dense model whose width gives the 8x student's total parameter count, from scratch."""
+def dense_flags(profile: Profile, args, vocab: int, target_params: int) -> List[str]:
+    """A stock dense model with ``target_params`` parameters (narrower d and FFN, same depth and
+    heads), trained from scratch with the teacher's recipe."""
     arch = dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))
     layers = int(arch["--encoder-layers"]), int(arch["--decoder-layers"])
     heads = int(arch["--encoder-attention-heads"])
-    dim = factorization.matching_dense_dim(vocab, layers, heads, target_params)
+    dim, ffn = factorization.matching_dense_shape(vocab, layers, heads, target_params)
     arch.update({"--encoder-embed-dim": dim, "--decoder-embed-dim": dim,
-                 "--encoder-ffn-embed-dim": 4 * dim, "--decoder-ffn-embed-dim": 4 * dim})
+                 "--encoder-ffn-embed-dim": ffn, "--decoder-ffn-embed-dim": ffn})
     arch_flags = [str(item) for pair in arch.items() for item in pair]
     return (["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
              "--task", "translation", "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
              str(profile.max_tokens)] + arch_flags + COMMON_TRAIN + profile.teacher_train
             + device_flags(args.use_gpu, args.fp16))
+
+
+def dense_target_params(teacher_total: int, vocab: int, dim: int, compression: float) -> int:
+    """Total parameters of the ``compression``x low-rank student of a teacher (its body + r·(V+d))."""
+    rank = factorization.rank_for_compression(vocab, dim, compression)
+    return teacher_total - vocab * dim + factorization.factorized_embedding_params(vocab, dim, rank)
 
 
 def with_overrides(profile: Profile, args) -> Profile:
@@ -397,26 +481,33 @@ def dictionary_size(data_bin: Path) -> int:
 
 def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
              teacher_summary: Dict) -> Dict[str, Dict]:
+    """Train, score, export each row; a row trained on teacher output is named ``<row>+<data>``."""
     rows = {}
     vocab = dictionary_size(data_bin)
     dim = int(dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))["--encoder-embed-dim"])
+    row_data = training_data(args, profile, results, data_bin, teacher_ckpt, args.train_data)
     for row in args.rows or profile.rows:
-        save_dir = results / "rows" / row
-        if row == "smaller_dim":
-            rank = factorization.rank_for_compression(vocab, dim, 8)
-            target = (teacher_summary["total_params"] - vocab * dim
-                      + factorization.factorized_embedding_params(vocab, dim, rank))
-            flags = smaller_dim_flags(profile, args, vocab, target)
+        name = row if args.train_data == "gold" else f"{row}+{args.train_data}"
+        save_dir = results / "rows" / name
+        if row in DENSE_ROWS:
+            target = dense_target_params(teacher_summary["total_params"], vocab, dim,
+                                         DENSE_ROWS[row])
+            flags = dense_flags(profile, args, vocab, target)
+        elif row == "teacher_continued":
+            flags = (teacher_flags(profile, args) + profile.student_train
+                     + ["--finetune-from-model", str(teacher_ckpt)])
         else:
             flags = student_flags(row, profile, args, teacher_ckpt)
-        summary = train(data_bin, save_dir, flags, row, results)
-        if row == "smaller_dim":
-            width = int(flags[flags.index("--encoder-embed-dim") + 1])
-            summary["embedding_params"] = vocab * width
+        summary = train(row_data, save_dir, flags, name, results)
+        if row in DENSE_ROWS:
+            summary["embedding_params"] = vocab * int(flags[flags.index("--encoder-embed-dim") + 1])
         checkpoint = save_dir / "checkpoint_best.pt"
-        scores = evaluate(data_bin, checkpoint, save_dir, results, args, profile, row)
-        rows[row] = {**summary, **scores, "description": ROW_DESCRIPTIONS[row],
-                     "exported_bytes": export_size(checkpoint, save_dir, results, row)}
+        scores = evaluate(data_bin, checkpoint, save_dir, results, args, profile, name)
+        description = ROW_DESCRIPTIONS[row] + ("" if args.train_data == "gold" else
+                                              f"; trained on {args.train_data} data (seq-KD)")
+        rows[name] = {**summary, **scores, "description": description,
+                      "from_teacher": row not in DENSE_ROWS,
+                      "exported_bytes": export_size(checkpoint, save_dir, results, name)}
     return rows
 
 
@@ -429,6 +520,9 @@ def main(argv=None):
                         help="raw Multi30k task-1 files (*.de.gz, *.en.gz)")
     parser.add_argument("--vocab-size", type=int, help="sentencepiece vocabulary (default: the profile's; 8000)")
     parser.add_argument("--rows", nargs="*", choices=ALL_ROWS, help="student/baseline rows to run")
+    parser.add_argument("--train-data", choices=TRAINING_DATA, default="gold",
+                        help="what the rows train on: the gold targets, the teacher's beam-5 "
+                        "translations of the training source (sequence-level KD), or both")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="train in fp32 on GPU")
     parser.add_argument("--max-tokens", type=int, help="override the profile's --max-tokens")

@@ -29,9 +29,10 @@ from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
-from omegaconf import II
+from omegaconf import II, OmegaConf
 
 from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import (
     COMPRESSED_EMBEDDINGS,
@@ -90,6 +91,11 @@ class ReconstructionInitConfig:
         metadata={"help": "stop the fit when the relative Frobenius error improved by less than "
                           "this fraction over the last check (every 50 steps)"},
     )
+    embedding_first_updates: int = field(
+        default=0,
+        metadata={"help": "train only the compressed embedding's factors for the first N updates "
+                          "(the body copied from the teacher frozen), then every weight; 0: off"},
+    )
     # Read from the rest of the configuration, not set by the user.
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
@@ -109,6 +115,7 @@ class ReconstructionInitMixin:
 
     teacher = None
     teacher_embeddings: Dict[str, torch.Tensor] = None
+    _body_frozen = None  # unknown until the first train_step
     #: configuration fields whose teacher and student values must agree (a task may extend them)
     architecture_fields: Tuple[str, ...] = ARCHITECTURE_FIELDS
 
@@ -134,6 +141,36 @@ class ReconstructionInitMixin:
         else:
             self._initialise_student(student, teacher, student_embeddings)
         return student
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._set_embedding_first_phase(model, update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def _set_embedding_first_phase(self, model, update_num):
+        """Freeze every weight but the compressed embedding's while ``update_num`` is below
+        ``--embedding-first-updates``: the factors adapt to the copied body before the body moves.
+
+        A frozen weight gets no gradient, so fairseq's Adam skips it (fp32: bit-identical; the
+        flat fp32 copy of ``--fp16`` gives it a zero gradient, so only weight decay touches it).
+        """
+        first_updates = getattr(self.cfg, "embedding_first_updates", 0) or 0
+        frozen = update_num < first_updates
+        if first_updates <= 0 or frozen == self._body_frozen:
+            return
+        embedding_params = {
+            id(param)
+            for embedding in _named_factorized_embeddings(model).values()
+            for param in embedding.parameters()
+        }
+        for param in model.parameters():
+            if id(param) not in embedding_params:
+                param.requires_grad_(not frozen)
+        self._body_frozen = frozen
+        logger.info(
+            f"update {update_num}: "
+            + ("training the compressed embedding only (body frozen)" if frozen
+               else "training every weight")
+        )
 
     def teacher_model(self, like: torch.nn.Module):
         """The frozen teacher on the same device and dtype as ``like`` (moved once, lazily)."""
@@ -176,19 +213,14 @@ class ReconstructionInitMixin:
             raise DistilledEmbeddingError(
                 f"--teacher-path {path}: no such file; train the teacher first or fix the path"
             )
-        try:
-            state = checkpoint_utils.load_checkpoint_to_cpu(path)
-        except Exception as error:  # torch/pickle raise many types for a non-checkpoint
-            raise DistilledEmbeddingError(
-                f"--teacher-path {path} is not a readable fairseq checkpoint "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                "point it to a checkpoint written by fairseq-train"
-            ) from None
-        if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
-            raise DistilledEmbeddingError(
-                f"--teacher-path {path} is not a fairseq checkpoint (no 'model'/'cfg' entries); "
-                "point it to a checkpoint written by fairseq-train"
-            )
+        # our own loader, explicitly weights_only=True: fairseq's load_checkpoint_to_cpu follows
+        # torch's default, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns into full unpickling
+        state = load_checkpoint(path, label=f"--teacher-path {path}")
+        # then what fairseq's loader does after torch.load: the config as OmegaConf, old layouts
+        # upgraded (an args-only checkpoint gets its cfg)
+        if state.get("cfg") is not None:
+            state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+        state = checkpoint_utils._upgrade_state_dict(state)
         return state
 
     def _validate_teacher(self, state, student_cfg):

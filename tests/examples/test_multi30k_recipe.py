@@ -1,6 +1,7 @@
 """The Multi30k recipe script itself, CI-sized: every stage through the real commands, the table."""
 
 import gzip
+import re
 import json
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     assert all(f"| {name} |" in table for name in expected_rows)
     assert "nrefs:1|case:mixed|eff:no|tok:13a" in table
     assert "| Δ teacher |" in table and "| decode × teacher |" in table and "fp16 export MB" in table
-    assert (results / "bleu_vs_params.png").stat().st_size > 1000
+    assert (results / "frontier.png").stat().st_size > 1000
 
     # resumable: a second run skips every stage (no command runs) and rewrites the same table
     second = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=300)
@@ -61,3 +62,37 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     third = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=300)
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
     assert "loaded checkpoint" in (results / "logs" / "teacher.train.log").read_text().lower()
+
+
+def test_sequence_distillation_stage_translates_every_sentence_and_a_row_trains_on_it(
+    multi30k_corpus, tmp_path
+):
+    results = tmp_path / "results"
+    command = [sys.executable, str(REPO_ROOT / "examples" / "multi30k" / "run.py"),
+               "--profile", "ci", "--device", "cpu", "--results", str(results),
+               "--data-dir", str(raw_multi30k_dir(multi30k_corpus, tmp_path / "raw")),
+               "--train-data", "both", "--rows", "distilled_8x", "dense_8x"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(),
+                               timeout=900)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
+
+    sources = (results / "data" / "train.spm.de").read_text(encoding="utf-8").splitlines()
+    translations = (results / "data" / "train.kd.en").read_text(encoding="utf-8").splitlines()
+    assert len(sources) == len(multi30k_corpus.lines("train", "de")) == len(translations)
+    assert json.loads((results / "data-bin-kd" / "distill.json").read_text())["sentences"] == len(
+        sources)
+    assert all(translations)  # one non-empty hypothesis per sentence, in id order
+    # binarized with the teacher's dictionary, so the teacher's embedding rows still line up
+    for lang in ("de", "en"):
+        assert (results / "data-bin-kd" / f"dict.{lang}.txt").read_bytes() == (
+            results / "data-bin" / f"dict.{lang}.txt").read_bytes()
+    # "both": fairseq's translation task concatenates train (gold) and train1 (the teacher's)
+    log = (results / "logs" / "distilled_8x+both.train.log").read_text()
+    loaded = [int(n.replace(",", "")) for n in re.findall(r"loaded ([\d,]+) examples from: \S*/train1?\.de-en\.de",
+                                         log)]
+    assert loaded == [len(sources), len(sources)]
+    rows = json.loads((results / "results.json").read_text())["rows"]
+    assert list(rows) == ["teacher", "distilled_8x+both", "dense_8x+both"]
+    assert rows["distilled_8x+both"]["updates"] == 6
+    dense_log = (results / "logs" / "dense_8x+both.train.log").read_text()
+    assert "data-bin-both" in dense_log  # the same-size dense model trains on the same data

@@ -169,6 +169,39 @@ def test_resume_skips_the_reconstruction_and_continues_from_the_last_update(
     assert not torch.equal(final[key], restored[key])
 
 
+def test_embedding_first_phase_trains_only_the_factors_then_everything(
+    data_bin, tiny_teacher, tmp_path
+):
+    teacher = teacher_state(tiny_teacher)["model"]
+    first = run_fairseq(
+        "train", *student_train_args(data_bin, tiny_teacher.best, tmp_path, 3,
+                                     "--embedding-first-updates", "3")
+    )
+    assert "update 0: training the compressed embedding only (body frozen)" in combined_output(first)
+    frozen = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)["model"]
+    def body_keys(state):
+        return sorted(key for key, value in state.items() if value.is_floating_point()
+                      and not key.endswith(".version")
+                      and "embed_tokens" not in key and "output_projection" not in key)
+
+    body = body_keys(frozen)
+    assert body == body_keys(teacher) and len(body) > 20
+    # three updates later the body is still the teacher's, bit for bit; the factors moved
+    assert all(torch.equal(frozen[key], teacher[key]) for key in body)
+    _, _, initial = build_student_from_teacher(data_bin, tiny_teacher.best, tmp_path / "fresh")
+    assert not torch.equal(frozen["encoder.embed_tokens.U"], initial.encoder.embed_tokens.U)
+    assert not torch.equal(frozen["encoder.embed_tokens.W"], initial.encoder.embed_tokens.W)
+
+    second = run_fairseq(
+        "train", *student_train_args(data_bin, tiny_teacher.best, tmp_path, 5,
+                                     "--embedding-first-updates", "3")
+    )
+    assert "update 3: training every weight" in combined_output(second)
+    final = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)["model"]
+    changed = [key for key in body if not torch.equal(final[key], teacher[key])]
+    assert changed == body
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

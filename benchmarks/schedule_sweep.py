@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Choose the students' fine-tuning schedule on Multi30k's validation set (never on test).
+
+Reuses a finished ``examples/multi30k/run.py`` results directory (its data-bin, teacher and, for
+``--train-data teacher|both``, its sequence-KD data) and trains one student row per point of the
+grid given on the command line (the cartesian product of every list), each with the recipe's own
+stages: the profile's student flags, then the point's schedule on top. Every point is scored on
+``valid`` with fairseq-generate + sacreBLEU and its best validation loss; each finished point is
+skipped on a re-run, so the sweep resumes where it stopped and grows by adding values. The table of
+every point found under ``<results>/sweep`` is rewritten after each point (sorted by valid BLEU).
+
+    python benchmarks/schedule_sweep.py --results results/multi30k-demo --profile demo \\
+        --lr 5e-4 1e-3 2e-3 --scheduler inverse_sqrt fixed cosine --updates 250
+"""
+
+import argparse
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+
+from common import REPO
+
+SCHEDULERS = ("inverse_sqrt", "fixed", "cosine")
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("multi30k_run", REPO / "examples/multi30k/run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def schedule_flags(lr, scheduler, warmup, updates, beta, embedding_first):
+    """The point's flags, appended after the profile's (argparse keeps the last value)."""
+    flags = ["--lr", f"{lr:g}", "--lr-scheduler", scheduler, "--warmup-updates", str(warmup),
+             "--max-update", str(updates), "--embedding-distill-weight", f"{beta:g}",
+             "--embedding-first-updates", str(embedding_first)]
+    if scheduler == "cosine":  # one half-period over the budget, down to 1 % of the peak
+        flags += ["--min-lr", f"{lr / 100:g}"]
+    return flags
+
+
+def point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data):
+    return (f"{row}_lr{lr:g}_{scheduler}_w{warmup}_u{updates}_b{beta:g}_ef{embedding_first}"
+            f"_{data}")
+
+
+def sweep_table(sweep_dir: Path) -> str:
+    points = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/point.json"))]
+    points.sort(key=lambda point: -point["valid_bleu"])
+    lines = ["| row | lr | schedule | warm-up | updates | β | emb.-first | data | valid BLEU "
+             "| best valid loss | train s |", "|" + "---|" * 11]
+    for p in points:
+        lines.append(
+            f"| {p['row']} | {p['lr']:g} | {p['scheduler']} | {p['warmup']} | {p['updates']} | "
+            f"{p['beta']:g} | {p['embedding_first']} | {p['data']} | {p['valid_bleu']:.2f} | "
+            f"{p.get('best_valid_loss', float('nan')):.3f} | {p['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--rows", nargs="+", default=["distilled_8x"])
+    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
+    parser.add_argument("--scheduler", choices=SCHEDULERS, nargs="+", default=["inverse_sqrt"])
+    parser.add_argument("--warmup", type=int, nargs="+", default=[50])
+    parser.add_argument("--updates", type=int, nargs="+", default=[250])
+    parser.add_argument("--beta", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--embedding-first", type=int, nargs="+", default=[0])
+    parser.add_argument("--train-data", nargs="+", default=["gold"], choices=["gold", "teacher", "both"])
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    args = parser.parse_args()
+    recipe = load_recipe()
+    args.use_gpu, args.fp16, args.max_tokens, args.student_updates = (
+        args.device == "gpu", True, None, None)
+    profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
+    data_bin, teacher = args.results / "data-bin", args.results / "teacher" / "checkpoint_best.pt"
+    sweep_dir = args.results / "sweep"
+    grid = itertools.product(args.rows, args.lr, args.scheduler, args.warmup, args.updates,
+                             args.beta, args.embedding_first, args.train_data)
+    for row, lr, scheduler, warmup, updates, beta, embedding_first, data in grid:
+        name = point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data)
+        save_dir = sweep_dir / name
+        if (save_dir / "point.json").exists():
+            continue
+        row_data = recipe.training_data(args, profile, args.results, data_bin, teacher, data)
+        flags = recipe.student_flags(row, profile, args, teacher) + schedule_flags(
+            lr, scheduler, warmup, updates, beta, embedding_first)
+        summary = recipe.train(row_data, save_dir, flags, name, args.results)
+        score = recipe.evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, args.results,
+                                args, profile, name, subset="valid")
+        point = {"row": row, "lr": lr, "scheduler": scheduler, "warmup": warmup,
+                 "updates": updates, "beta": beta, "embedding_first": embedding_first,
+                 "data": data, "valid_bleu": score["bleu"],
+                 "best_valid_loss": summary.get("best_valid_loss"),
+                 "train_seconds": summary["train_seconds"], "flags": flags}
+        recipe.write_json(save_dir / "point.json", point)
+        (sweep_dir / "sweep.md").write_text(sweep_table(sweep_dir) + "\n")
+        print(f"{name}: valid BLEU {score['bleu']:.2f}", flush=True)
+    print(sweep_table(sweep_dir))
+
+
+if __name__ == "__main__":
+    main()
