@@ -46,10 +46,11 @@ def point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data)
             f"_{data}")
 
 
-def sweep_table(sweep_dir: Path) -> str:
+def sweep_table(sweep_dir: Path, teacher_valid_bleu: float) -> str:
     points = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/point.json"))]
     points.sort(key=lambda point: -point["valid_bleu"])
-    lines = ["| row | lr | schedule | warm-up | updates | β | emb.-first | data | valid BLEU "
+    lines = [f"Teacher: valid BLEU {teacher_valid_bleu:.2f}. Command of each point: its point.json.",
+             "", "| row | lr | schedule | warm-up | updates | β | emb.-first | data | valid BLEU "
              "| best valid loss | train s |", "|" + "---|" * 11]
     for p in points:
         lines.append(
@@ -80,6 +81,8 @@ def main():
     profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
     data_bin, teacher = args.results / "data-bin", args.results / "teacher" / "checkpoint_best.pt"
     sweep_dir = args.results / "sweep"
+    teacher_bleu = recipe.evaluate(data_bin, teacher, teacher.parent, args.results, args, profile,
+                                   "teacher", subset="valid")["bleu"]
     grid = itertools.product(args.rows, args.lr, args.scheduler, args.warmup, args.updates,
                              args.beta, args.embedding_first, args.train_data)
     for row, lr, scheduler, warmup, updates, beta, embedding_first, data in grid:
@@ -99,9 +102,9 @@ def main():
                  "best_valid_loss": summary.get("best_valid_loss"),
                  "train_seconds": summary["train_seconds"], "flags": flags}
         recipe.write_json(save_dir / "point.json", point)
-        (sweep_dir / "sweep.md").write_text(sweep_table(sweep_dir) + "\n")
+        (sweep_dir / "sweep.md").write_text(sweep_table(sweep_dir, teacher_bleu) + "\n")
         print(f"{name}: valid BLEU {score['bleu']:.2f}", flush=True)
-    print(sweep_table(sweep_dir))
+    print(sweep_table(sweep_dir, teacher_bleu))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ class Profile:
     eval_batch_size: int = 128
     max_tokens: int = 4096
     notes: str = ""
+    #: a teacher trained by this recipe and shipped with it (fp16 export, its sentencepiece model
+    #: and dictionary): the profile then spends its minutes on the students (--train-teacher:
+    #: train it from scratch instead)
+    shipped_teacher: Optional[Path] = None
 
 
 COMMON_TRAIN = [
@@ -61,6 +65,8 @@ COMMON_TRAIN = [
     "--lr-scheduler", "inverse_sqrt", "--weight-decay", "0.0001",
     "--label-smoothing", "0.1", "--no-epoch-checkpoints", "--log-format", "simple",
     "--log-interval", "50", "--seed", "1",
+    # fairseq's default (-1) breaks the concatenation of train + train1 (gold + teacher output)
+    "--upsample-primary", "1",
 ]
 MODEL_256 = [
     "--encoder-layers", "3", "--decoder-layers", "3", "--encoder-embed-dim", "256",
@@ -103,11 +109,11 @@ PROFILES = {
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_256,
         teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "12"],
         student_train=["--lr", "3e-4", "--warmup-updates", "50", "--max-update", "250"],
-        rows=["distilled_8x", "svd_linear_8x", "smaller_dim", "distilled_16x", "distilled_4x",
+        rows=["distilled_8x", "svd_linear_8x", "dense_8x", "distilled_16x", "distilled_4x",
               "distilled_no_kd_8x", "distilled_linear_8x", "random_init_8x",
               "distilled_output_kd_8x", "tensor_train_8x"],
         notes="CPU profile: the full profile's teacher (3+3 layers, d=256, ffn 1024) stopped after "
-        "12 epochs (1,620 updates); smaller_dim trains from scratch with the same 12 epochs; sized "
+        "12 epochs (1,620 updates); dense_8x trains from scratch with the same 12 epochs; sized "
         "for ≤ 3 hours on 2 CPU cores.",
     ),
     "full": Profile(
@@ -117,7 +123,7 @@ PROFILES = {
         student_train=["--lr", "3e-4", "--warmup-updates", "200", "--max-update", "2000"],
         rows=ALL_ROWS,
         notes="Full profile: teacher 3+3 layers d=256 ffn 1024 (early stopping on valid loss, "
-        "patience 5, ≤60 epochs); smaller_dim uses the teacher's recipe from scratch.",
+        "patience 5, ≤60 epochs); the dense family uses the teacher's recipe from scratch.",
     ),
 }
 
@@ -234,7 +240,9 @@ def read_split(data_dir: Optional[Path], split: str, lang: str, limit: Optional[
 
 
 def prepare(args, profile: Profile, results: Path) -> Path:
-    """Raw text → joint sentencepiece (train side only) → fairseq-preprocess --joined-dictionary."""
+    """Raw text → joint sentencepiece (train side only) → fairseq-preprocess --joined-dictionary;
+    with a shipped teacher, its sentencepiece model and dictionary instead of new ones."""
+    shipped = None if args.train_teacher else profile.shipped_teacher
     data_bin = results / "data-bin"
     if (data_bin / "preprocess.done").exists():
         return data_bin
@@ -244,26 +252,55 @@ def prepare(args, profile: Profile, results: Path) -> Path:
         for lang in ("de", "en"):
             lines = read_split(args.data_dir, split, lang, profile.max_sentences)
             (work / f"{split}.raw.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sentencepiece_encode(work, ["de", "en"], args.vocab_size or profile.vocab_size)
+    sentencepiece_encode(work, ["de", "en"], args.vocab_size or profile.vocab_size,
+                         model=shipped / "spm.model" if shipped else None)
     binarize(results, data_bin, [
         "--source-lang", "de", "--target-lang", "en", "--trainpref", f"{work}/train.spm",
         "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
         "--joined-dictionary",
-    ])
+    ] + (["--srcdict", str(shipped / "dict.txt")] if shipped else []))
     return data_bin
 
 
-def sentencepiece_encode(work: Path, langs: List[str], vocab_size: int) -> None:
-    """One sentencepiece model on the train side of ``langs`` (joint when several), then each
-    split's ``<split>.raw.<lang>`` under ``work`` encoded into ``<split>.spm.<lang>``."""
+def verify_shipped_teacher(shipped: Path) -> None:
+    """Check every shipped file's SHA-256 against the one recorded when it was made: a corrupted
+    or swapped teacher, sentencepiece model or dictionary is refused before anything uses it."""
+    import hashlib
+
+    for line in (shipped / "SHA256SUMS").read_text().splitlines():
+        expected, name = line.split()
+        found = hashlib.sha256((shipped / name).read_bytes()).hexdigest()
+        if found != expected:
+            raise SystemExit(f"{shipped / name}: SHA-256 {found} differs from the recorded "
+                             f"{expected}; restore the file (git checkout) or pass --train-teacher")
+
+
+def install_shipped_teacher(shipped: Path, teacher_dir: Path) -> Dict:
+    """Copy the (verified) shipped teacher into the results; return the summary of the training
+    run that made it."""
+    checkpoint = teacher_dir / "checkpoint_best.pt"
+    if not checkpoint.exists():
+        teacher_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped / "teacher_fp16.pt", checkpoint)
+    return json.loads((shipped / "train.json").read_text())
+
+
+def sentencepiece_encode(work: Path, langs: List[str], vocab_size: int,
+                         model: Optional[Path] = None) -> None:
+    """One sentencepiece model on the train side of ``langs`` (joint when several; ``model``: use
+    that one instead), then each split's ``<split>.raw.<lang>`` under ``work`` encoded into
+    ``<split>.spm.<lang>``."""
     import sentencepiece as spm
 
-    spm.SentencePieceTrainer.train(
-        input=",".join(f"{work}/train.raw.{lang}" for lang in langs),
-        model_prefix=str(work / "spm"), vocab_size=vocab_size, character_coverage=1.0,
-        model_type="unigram", bos_id=-1, eos_id=-1, minloglevel=2,
-        hard_vocab_limit=False,  # a small corpus may not have vocab_size pieces: take what it has
-    )
+    if model is not None:
+        shutil.copyfile(model, work / "spm.model")
+    else:
+        spm.SentencePieceTrainer.train(
+            input=",".join(f"{work}/train.raw.{lang}" for lang in langs),
+            model_prefix=str(work / "spm"), vocab_size=vocab_size, character_coverage=1.0,
+            model_type="unigram", bos_id=-1, eos_id=-1, minloglevel=2,
+            hard_vocab_limit=False,  # a small corpus may not have vocab_size pieces: take them all
+        )
     processor = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
     for split in SPLITS:
         for lang in langs:
@@ -486,7 +523,7 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
     vocab = dictionary_size(data_bin)
     dim = int(dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))["--encoder-embed-dim"])
     row_data = training_data(args, profile, results, data_bin, teacher_ckpt, args.train_data)
-    for row in args.rows or profile.rows:
+    for row in profile.rows if args.rows is None else args.rows:
         name = row if args.train_data == "gold" else f"{row}+{args.train_data}"
         save_dir = results / "rows" / name
         if row in DENSE_ROWS:
@@ -519,10 +556,14 @@ def main(argv=None):
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "multi30k",
                         help="raw Multi30k task-1 files (*.de.gz, *.en.gz)")
     parser.add_argument("--vocab-size", type=int, help="sentencepiece vocabulary (default: the profile's; 8000)")
-    parser.add_argument("--rows", nargs="*", choices=ALL_ROWS, help="student/baseline rows to run")
+    parser.add_argument("--rows", nargs="*", choices=ALL_ROWS,
+                        help="student/baseline rows to run (default: the profile's; none: the "
+                        "teacher only)")
     parser.add_argument("--train-data", choices=TRAINING_DATA, default="gold",
                         help="what the rows train on: the gold targets, the teacher's beam-5 "
                         "translations of the training source (sequence-level KD), or both")
+    parser.add_argument("--train-teacher", action="store_true",
+                        help="train the teacher from scratch even where the profile ships one")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="train in fp32 on GPU")
     parser.add_argument("--max-tokens", type=int, help="override the profile's --max-tokens")
@@ -536,9 +577,15 @@ def main(argv=None):
     profile = with_overrides(PROFILES[args.profile], args)
     results = args.results or REPO / "results" / f"multi30k-{args.profile}"
     results.mkdir(parents=True, exist_ok=True)
+    if profile.shipped_teacher and not args.train_teacher:
+        verify_shipped_teacher(profile.shipped_teacher)
     data_bin = prepare(args, profile, results)
     teacher_dir = results / "teacher"
-    teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher", results)
+    if profile.shipped_teacher and not args.train_teacher:
+        teacher_summary = install_shipped_teacher(profile.shipped_teacher, teacher_dir)
+    else:
+        teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher",
+                                results)
     teacher_ckpt = teacher_dir / "checkpoint_best.pt"
     teacher_scores = evaluate(data_bin, teacher_ckpt, teacher_dir, results, args, profile, "teacher")
     vocab = dictionary_size(data_bin)
