@@ -88,6 +88,14 @@ ALL_ROWS = [
 ]
 # What a row trains on: the gold targets, the teacher's beam output (sequence-level KD [C]) or both.
 TRAINING_DATA = ("gold", "teacher", "both")
+def cosine_fine_tuning(peak_lr: float, updates: int) -> List[str]:
+    """The students' schedule chosen on valid (benchmarks/schedule_sweep.py, demo shape): 50
+    warm-up updates to a peak of 1.5x the teacher's own peak, then one cosine half-period down to
+    1 % of it over the whole budget (beat inverse-sqrt and fixed at every peak tried)."""
+    return ["--lr", f"{peak_lr:g}", "--lr-scheduler", "cosine", "--warmup-updates", "50",
+            "--min-lr", f"{peak_lr / 100:g}", "--max-update", str(updates)]
+
+
 PROFILES = {
     "ci": Profile(
         max_sentences=300, vocab_size=500, teacher_arch=MODEL_128,
@@ -100,16 +108,22 @@ PROFILES = {
     "demo": Profile(
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_128,
         teacher_train=["--lr", "2e-3", "--warmup-updates", "200", "--max-update", "600"],
-        student_train=["--lr", "5e-4", "--warmup-updates", "30", "--max-update", "100"],
-        rows=["svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x", "tensor_train_8x"],
-        notes="Demo profile: a small teacher (d=128, 2+2 layers, 600 updates), sized for a "
-        "short CPU run (BLEU is far below the full profile's).",
+        student_train=cosine_fine_tuning(3e-3, 400),
+        rows=["distilled_8x", "svd_linear_8x", "dense_8x", "teacher_continued"],
+        shipped_teacher=REPO / "examples" / "multi30k" / "demo_teacher",
+        notes="Demo profile: the shipped teacher (d=128, 2+2 layers, 600 updates; "
+        "examples/multi30k/demo_teacher/, --train-teacher retrains it), students fine-tuned with "
+        "the schedule chosen on valid (benchmarks/results/schedule-sweep-demo/). The teacher is "
+        "far from converged, so a student's extra updates also train it further: "
+        "teacher_continued (the teacher given the students' schedule and budget) is the "
+        "reference for what compression costs.",
     ),
     "cpu": Profile(
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_256,
         teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "12"],
-        student_train=["--lr", "3e-4", "--warmup-updates", "50", "--max-update", "250"],
-        rows=["distilled_8x", "svd_linear_8x", "dense_8x", "distilled_16x", "distilled_4x",
+        student_train=cosine_fine_tuning(1.5e-3, 250),
+        rows=["distilled_8x", "teacher_continued", "svd_linear_8x", "dense_8x", "distilled_16x",
+              "distilled_4x",
               "distilled_no_kd_8x", "distilled_linear_8x", "random_init_8x",
               "distilled_output_kd_8x", "tensor_train_8x"],
         notes="CPU profile: the full profile's teacher (3+3 layers, d=256, ffn 1024) stopped after "
@@ -120,7 +134,7 @@ PROFILES = {
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_256,
         teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "60",
                        "--patience", "5"],
-        student_train=["--lr", "3e-4", "--warmup-updates", "200", "--max-update", "2000"],
+        student_train=cosine_fine_tuning(1.5e-3, 2000),
         rows=ALL_ROWS,
         notes="Full profile: teacher 3+3 layers d=256 ffn 1024 (early stopping on valid loss, "
         "patience 5, ≤60 epochs); the dense family uses the teacher's recipe from scratch.",
