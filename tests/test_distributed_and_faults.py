@@ -96,3 +96,14 @@ def test_sigkill_mid_epoch_then_restart_resumes_without_reconstruction(data_bin,
     assert re.search(rf"\(epoch \d+ @ {saved_updates} updates\)", log)
     updates = [int(row["num_updates"]) for row in parse_log_stats(log)]
     assert updates[0] == saved_updates + 1 and updates[-1] == saved_updates + 3
+    # the resumed run continues the very same curve: its losses are an uninterrupted run's
+    # (no dropout here, and fairseq restores the data iterator's position)
+    uninterrupted_args = restart_args[:]
+    uninterrupted_args[uninterrupted_args.index("--save-dir") + 1] = str(tmp_path / "straight")
+    uninterrupted = subprocess.run([str(console_script("train")), *uninterrupted_args],
+                                   capture_output=True, text=True, env=fairseq_env(), timeout=600)
+    assert uninterrupted.returncode == 0, combined_output(uninterrupted)[-3000:]
+    straight = {row["num_updates"]: row["loss"]
+                for row in parse_log_stats(combined_output(uninterrupted))}
+    resumed = {row["num_updates"]: row["loss"] for row in parse_log_stats(log)}
+    assert resumed == {update: straight[update] for update in resumed}

@@ -12,52 +12,39 @@ the teacher trained to early stopping, 2,000 updates per row; use a GPU).
 """
 
 import argparse
-import gzip
-import json
 import logging
-import os
-import re
-import shutil
-import subprocess
 import sys
-import time
-import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fairseq_distilled_emb import evaluation, factorization  # noqa: E402
 from benchmarks import report  # noqa: E402
-
-logger = logging.getLogger("multi30k")
-PLUGIN = REPO / "fairseq_distilled_emb"
-SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
-DOWNLOAD = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{name}.{lang}.gz"
+from examples.multi30k.stages import (  # noqa: E402,F401  (the stages, also for other scripts)
+    PLUGIN,
+    SPLITS,
+    Profile,
+    binarize,
+    device_flags,
+    evaluate,
+    export_size,
+    fairseq_tool,
+    install_shipped_teacher,
+    parse_train_log,
+    prepare,
+    run,
+    sentencepiece_encode,
+    train,
+    training_data,
+    verify_shipped_teacher,
+    write_json,
+)
+from fairseq_distilled_emb import factorization  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ profiles
-
-
-@dataclass
-class Profile:
-    """Everything a profile changes: data size, model size, update budgets and which rows run."""
-
-    max_sentences: Optional[int]  # lines of each split used (None = all)
-    vocab_size: int
-    teacher_arch: List[str]
-    teacher_train: List[str]
-    student_train: List[str]
-    rows: List[str]
-    eval_batch_size: int = 128
-    max_tokens: int = 4096
-    notes: str = ""
-    #: a teacher trained by this recipe and shipped with it (fp16 export, its sentencepiece model
-    #: and dictionary): the profile then spends its minutes on the students (--train-teacher:
-    #: train it from scratch instead)
-    shipped_teacher: Optional[Path] = None
 
 
 COMMON_TRAIN = [
@@ -109,14 +96,15 @@ PROFILES = {
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_128,
         teacher_train=["--lr", "2e-3", "--warmup-updates", "200", "--max-update", "600"],
         student_train=cosine_fine_tuning(3e-3, 400),
-        rows=["distilled_8x", "svd_linear_8x", "dense_8x", "teacher_continued"],
+        rows=["distilled_8x", "svd_linear_8x", "dense_8x"],
         shipped_teacher=REPO / "examples" / "multi30k" / "demo_teacher",
         notes="Demo profile: the shipped teacher (d=128, 2+2 layers, 600 updates; "
         "examples/multi30k/demo_teacher/, --train-teacher retrains it), students fine-tuned with "
-        "the schedule chosen on valid (benchmarks/results/schedule-sweep-demo/). The teacher is "
-        "far from converged, so a student's extra updates also train it further: "
-        "teacher_continued (the teacher given the students' schedule and budget) is the "
-        "reference for what compression costs.",
+        "the schedule chosen on valid (benchmarks/results/schedule-sweep-demo/); dense_8x is "
+        "trained from scratch with the teacher's 600-update recipe. The teacher is far from "
+        "converged, so a student's updates also train it further: add --rows teacher_continued "
+        "(the teacher given the students' schedule and budget, ~4 more minutes) for the "
+        "reference of what compression costs.",
     ),
     "cpu": Profile(
         max_sentences=None, vocab_size=8000, teacher_arch=MODEL_256,
@@ -181,296 +169,6 @@ ROW_DESCRIPTIONS = {
     "tensor_train_8x": "tensor-train embedding (tensorly-torch), same budget, from the teacher's "
                        "TT-SVD (+ embedding KD)",
 }
-
-
-# ------------------------------------------------------------------------------------ plumbing
-
-
-def fairseq_tool(name):
-    """The console script next to this Python (the venv's), falling back to PATH."""
-    candidate = Path(sys.executable).parent / f"fairseq-{name}"
-    return str(candidate) if candidate.exists() else f"fairseq-{name}"
-
-
-def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
-    """Run a command, save its output to ``log_path``, return it; fail with the output's tail.
-
-    stdout and stderr are read separately and joined (not interleaved): fairseq's progress bar
-    writes carriage returns to stderr which would otherwise glue onto the start of stdout lines
-    (``S-5``/``D-5``), making whole sentences look dropped from fairseq-generate's output.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("$ " + " ".join(command))
-    started = time.perf_counter()
-    completed = subprocess.run(command, input=stdin, capture_output=True, text=True)
-    output = completed.stdout + "\n" + completed.stderr
-    log_path.write_text(output)
-    if completed.returncode != 0:
-        raise SystemExit(
-            f"command failed ({completed.returncode}): {' '.join(command)}\n"
-            f"--- last lines of {log_path} ---\n{output[-3000:]}"
-        )
-    logger.info(f"  done in {time.perf_counter() - started:.0f}s (log: {log_path})")
-    return output
-
-
-def write_json(path: Path, payload):
-    """Write atomically: a killed run never leaves a half-written stage marker."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    temporary.replace(path)
-
-
-def device_flags(use_gpu: bool, fp16: bool):
-    """--cpu, or --fp16 on GPU with a short loss-scale window: the ReLU students overflow at the
-    start (seen on an H100: the scale fell 128 -> 1 and stayed there for 1,000 updates with
-    fairseq's default window of 16,384 updates)."""
-    if not use_gpu:
-        return ["--cpu"]
-    return ["--fp16", "--fp16-scale-window", "128"] if fp16 else []
-
-
-# ------------------------------------------------------------------------------------ stages
-
-
-def read_split(data_dir: Optional[Path], split: str, lang: str, limit: Optional[int]) -> List[str]:
-    """Lines of one raw split: ../shared when present, else the public Multi30k files."""
-    name = f"{SPLITS[split]}.{lang}.gz"
-    if data_dir is not None and (data_dir / name).exists():
-        with gzip.open(data_dir / name, "rt", encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    else:
-        url = DOWNLOAD.format(name=SPLITS[split], lang=lang)
-        logger.info(f"{data_dir}/{name} not found: downloading {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                lines = gzip.decompress(response.read()).decode("utf-8").splitlines()
-        except OSError as error:
-            raise SystemExit(
-                f"cannot read Multi30k: {data_dir}/{name} is missing and {url} is unreachable "
-                f"({error}). Pass --data-dir with the raw task-1 files (*.de.gz, *.en.gz)."
-            )
-    return lines[:limit] if limit else lines
-
-
-def prepare(args, profile: Profile, results: Path) -> Path:
-    """Raw text → joint sentencepiece (train side only) → fairseq-preprocess --joined-dictionary;
-    with a shipped teacher, its sentencepiece model and dictionary instead of new ones."""
-    shipped = None if args.train_teacher else profile.shipped_teacher
-    data_bin = results / "data-bin"
-    if (data_bin / "preprocess.done").exists():
-        return data_bin
-    work = results / "data"
-    work.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        for lang in ("de", "en"):
-            lines = read_split(args.data_dir, split, lang, profile.max_sentences)
-            (work / f"{split}.raw.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sentencepiece_encode(work, ["de", "en"], args.vocab_size or profile.vocab_size,
-                         model=shipped / "spm.model" if shipped else None)
-    binarize(results, data_bin, [
-        "--source-lang", "de", "--target-lang", "en", "--trainpref", f"{work}/train.spm",
-        "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
-        "--joined-dictionary",
-    ] + (["--srcdict", str(shipped / "dict.txt")] if shipped else []))
-    return data_bin
-
-
-def verify_shipped_teacher(shipped: Path) -> None:
-    """Check every shipped file's SHA-256 against the one recorded when it was made: a corrupted
-    or swapped teacher, sentencepiece model or dictionary is refused before anything uses it."""
-    import hashlib
-
-    for line in (shipped / "SHA256SUMS").read_text().splitlines():
-        expected, name = line.split()
-        found = hashlib.sha256((shipped / name).read_bytes()).hexdigest()
-        if found != expected:
-            raise SystemExit(f"{shipped / name}: SHA-256 {found} differs from the recorded "
-                             f"{expected}; restore the file (git checkout) or pass --train-teacher")
-
-
-def install_shipped_teacher(shipped: Path, teacher_dir: Path) -> Dict:
-    """Copy the (verified) shipped teacher into the results; return the summary of the training
-    run that made it."""
-    checkpoint = teacher_dir / "checkpoint_best.pt"
-    if not checkpoint.exists():
-        teacher_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shipped / "teacher_fp16.pt", checkpoint)
-    return json.loads((shipped / "train.json").read_text())
-
-
-def sentencepiece_encode(work: Path, langs: List[str], vocab_size: int,
-                         model: Optional[Path] = None) -> None:
-    """One sentencepiece model on the train side of ``langs`` (joint when several; ``model``: use
-    that one instead), then each split's ``<split>.raw.<lang>`` under ``work`` encoded into
-    ``<split>.spm.<lang>``."""
-    import sentencepiece as spm
-
-    if model is not None:
-        shutil.copyfile(model, work / "spm.model")
-    else:
-        spm.SentencePieceTrainer.train(
-            input=",".join(f"{work}/train.raw.{lang}" for lang in langs),
-            model_prefix=str(work / "spm"), vocab_size=vocab_size, character_coverage=1.0,
-            model_type="unigram", bos_id=-1, eos_id=-1, minloglevel=2,
-            hard_vocab_limit=False,  # a small corpus may not have vocab_size pieces: take them all
-        )
-    processor = spm.SentencePieceProcessor(model_file=str(work / "spm.model"))
-    for split in SPLITS:
-        for lang in langs:
-            raw = (work / f"{split}.raw.{lang}").read_text(encoding="utf-8").splitlines()
-            pieces = [" ".join(processor.encode(line, out_type=str)) for line in raw]
-            (work / f"{split}.spm.{lang}").write_text("\n".join(pieces) + "\n", encoding="utf-8")
-
-
-def binarize(results: Path, data_bin: Path, flags: List[str], log_name: str = "preprocess") -> None:
-    """fairseq-preprocess into a fresh ``data_bin``, marked done only once it has completed."""
-    if data_bin.exists():
-        shutil.rmtree(data_bin)
-    run([fairseq_tool("preprocess"), *flags, "--destdir", str(data_bin), "--workers", "2"],
-        results / "logs" / f"{log_name}.log")
-    (data_bin / "preprocess.done").write_text("ok\n")
-
-
-def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
-                          teacher: Path) -> Path:
-    """Sequence-level KD [C] (Kim & Rush 2016): the teacher's beam-5 translation of every training
-    source sentence, aligned by id (the count is checked), binarized with the teacher's dictionary.
-    Returns the data-bin whose ``train`` split is the teacher's output (valid/test stay gold)."""
-    kd_bin = results / "data-bin-kd"
-    if (kd_bin / "preprocess.done").exists():
-        return kd_bin
-    work = results / "data"
-    sources = (work / "train.spm.de").read_text(encoding="utf-8").splitlines()
-    started = time.perf_counter()
-    output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
-                  "--path", str(teacher), "--gen-subset", "train", "--beam", "5",
-                  "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
-                  "--max-len-a", "1.2", "--max-len-b", "10"] + device_flags(args.use_gpu, False),
-                 results / "logs" / "teacher.train.generate.log")
-    translations = evaluation.hypotheses_by_id(output, len(sources), prefix="H-")
-    (work / "train.kd.de").write_text("\n".join(sources) + "\n", encoding="utf-8")
-    (work / "train.kd.en").write_text("\n".join(translations) + "\n", encoding="utf-8")
-    binarize(results, kd_bin, [
-        "--source-lang", "de", "--target-lang", "en", "--trainpref", f"{work}/train.kd",
-        "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
-        "--srcdict", str(data_bin / "dict.de.txt"), "--joined-dictionary",
-    ], log_name="preprocess.kd")
-    write_json(kd_bin / "distill.json", {"sentences": len(translations),
-                                         "seconds": round(time.perf_counter() - started, 1)})
-    return kd_bin
-
-
-def gold_and_distilled(results: Path, data_bin: Path, kd_bin: Path) -> Path:
-    """A data-bin whose training set is gold + teacher output: fairseq's translation task
-    concatenates ``train``, ``train1``, … of one directory, so the teacher's split is linked in as
-    ``train1`` beside the gold one (nothing is copied)."""
-    both = results / "data-bin-both"
-    if (both / "preprocess.done").exists():
-        return both
-    if both.exists():
-        shutil.rmtree(both)
-    both.mkdir()
-    for source in data_bin.iterdir():
-        if source.name != "preprocess.done":
-            (both / source.name).symlink_to(source.resolve())
-    for source in kd_bin.glob("train.*"):
-        (both / source.name.replace("train.", "train1.", 1)).symlink_to(source.resolve())
-    (both / "preprocess.done").write_text("ok\n")
-    return both
-
-
-def training_data(args, profile: Profile, results: Path, data_bin: Path, teacher: Path,
-                  kind: str) -> Path:
-    """The data-bin a row trains on: ``gold``, ``teacher`` (its beam output) or ``both``."""
-    if kind == "gold":
-        return data_bin
-    kd_bin = distill_training_data(args, profile, results, data_bin, teacher)
-    return kd_bin if kind == "teacher" else gold_and_distilled(results, data_bin, kd_bin)
-
-
-def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, results: Path) -> Dict:
-    """fairseq-train into ``save_dir`` unless its training finished before; returns its timing."""
-    done = save_dir / "train.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    started = time.perf_counter()
-    output = run([fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags,
-                 results / "logs" / f"{log_name}.train.log")
-    summary = parse_train_log(output)
-    summary["train_seconds"] = round(time.perf_counter() - started, 1)
-    write_json(done, summary)
-    return summary
-
-
-def parse_train_log(output: str) -> Dict:
-    """Parameter counts, reconstruction time/error, final train wps from a fairseq-train log."""
-    summary = {}
-    dense = re.search(r"num\. shared model params: ([\d,]+)", output)
-    if dense:
-        summary["total_params"] = int(dense.group(1).replace(",", ""))
-    factorized = re.search(r"factorized params ([\d,]+) .*?total model params ([\d,]+)", output)
-    if factorized:
-        summary["embedding_params"] = int(factorized.group(1).replace(",", ""))
-        summary["total_params"] = int(factorized.group(2).replace(",", ""))
-    recon = re.search(r"reconstruction done in (\d+) steps, ([\d.]+)s", output)
-    if recon:
-        summary["reconstruction_seconds"] = float(recon.group(2))
-    errors = re.search(r"relative Frobenius error ([\d.]+) \| rank-\d+ SVD ([\d.]+) \| "
-                       r"rank-\d+ SVD ([\d.]+)", output)
-    tensor_train = re.search(r"tensor-train rank \d+ .*relative Frobenius error ([\d.]+)", output)
-    if tensor_train:
-        summary["reconstruction_error"] = float(tensor_train.group(1))
-    if errors:
-        summary["reconstruction_error"] = float(errors.group(1))
-        summary["svd_error_rank_r"] = float(errors.group(2))
-        summary["svd_error_rank_r_minus_1"] = float(errors.group(3))
-    valid_losses = re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", output)
-    if valid_losses:
-        summary["best_valid_loss"] = min(float(loss) for loss in valid_losses)
-    wps = re.findall(r"\| train \| epoch .*?\| wps ([\d.]+)", output)
-    if wps:
-        summary["train_wps"] = float(wps[-1])
-    updates = re.findall(r"num_updates[ =](\d+)", output)
-    if updates:
-        summary["updates"] = int(updates[-1])
-    return summary
-
-
-def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
-             profile: Profile, name: str, subset: str = "test") -> Dict:
-    """fairseq-generate --beam 5 on ``subset``, sentencepiece-decoded, sacreBLEU vs raw references."""
-    done = out_dir / ("eval.json" if subset == "test" else f"eval.{subset}.json")
-    if done.exists():
-        return json.loads(done.read_text())
-    references = (results / "data" / f"{subset}.raw.en").read_text(encoding="utf-8").splitlines()
-    started = time.perf_counter()
-    output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
-                  "--path", str(checkpoint), "--gen-subset", subset, "--beam", "5",
-                  "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
-                  "--remove-bpe", "sentencepiece",
-                  "--max-len-a", "1.2", "--max-len-b", "10"]
-                 + device_flags(args.use_gpu, False),
-                 results / "logs" / f"{name}.{subset}.generate.log")
-    score = evaluation.score_generation(output, references)
-    (out_dir / f"{subset}.hyp.en").write_text("\n".join(score.hypotheses) + "\n", encoding="utf-8")
-    payload = {"bleu": round(score.bleu, 2), "signature": score.signature,
-               "sentences": score.sentences, "sentences_per_second": score.sentences_per_second,
-               "checkpoint_bytes": checkpoint.stat().st_size,
-               "eval_seconds": round(time.perf_counter() - started, 1)}
-    write_json(done, payload)
-    logger.info(f"{name}: BLEU {score.bleu:.2f} ({score.signature})")
-    return payload
-
-
-def export_size(checkpoint: Path, out_dir: Path, results: Path, name: str) -> int:
-    """Bytes of the fp16 inference export (``fairseq-distilled-emb export --fp16``): what ships.
-    A stage like the others: skipped when its output exists."""
-    exported = out_dir / "exported_fp16.pt"
-    if not exported.exists():
-        run([sys.executable, "-m", "fairseq_distilled_emb", "export", str(checkpoint),
-             str(exported), "--fp16"], results / "logs" / f"{name}.export.log")
-    return exported.stat().st_size
 
 
 def teacher_flags(profile: Profile, args) -> List[str]:
@@ -550,7 +248,7 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
         else:
             flags = student_flags(row, profile, args, teacher_ckpt)
         summary = train(row_data, save_dir, flags, name, results)
-        if row in DENSE_ROWS:
+        if row in DENSE_ROWS or row == "teacher_continued":
             summary["embedding_params"] = vocab * int(flags[flags.index("--encoder-embed-dim") + 1])
         checkpoint = save_dir / "checkpoint_best.pt"
         scores = evaluate(data_bin, checkpoint, save_dir, results, args, profile, name)

@@ -7,12 +7,16 @@ renamed into place, so an interrupted export never leaves a half-written checkpo
 file is only replaced with ``--force``.
 """
 
+import argparse
+import errno
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from fairseq_distilled_emb import compat
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
@@ -39,11 +43,12 @@ def load_checkpoint(path, label=None) -> dict:
     except Exception as error:  # zip/pickle/unpickler errors all mean "not a usable checkpoint"
         raise DistilledEmbeddingError(unreadable_message(label, error)) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not (
-        state.get("cfg") is not None or state.get("args") is not None
-    ):
+        isinstance(state.get("cfg"), (dict, DictConfig))
+        or isinstance(state.get("args"), argparse.Namespace)
+    ) or not all(torch.is_tensor(value) for value in state["model"].values()):
         raise DistilledEmbeddingError(
-            f"{label} is not a fairseq checkpoint (no 'model' and 'cfg'/'args' entries); "
-            "pass a checkpoint written by fairseq-train"
+            f"{label} is not a fairseq checkpoint (it needs a 'model' dict of tensors and a "
+            "'cfg' or 'args' configuration); pass a checkpoint written by fairseq-train"
         )
     return state
 
@@ -65,17 +70,78 @@ def unreadable_message(label: str, error: Exception) -> str:
 
 
 def save_checkpoint(state: dict, path, force: bool = False) -> int:
-    """Write ``state`` atomically to ``path``; refuse to replace a file unless ``force``."""
+    """Write ``state`` to ``path`` durably; refuse to replace a file unless ``force``.
+
+    The bytes go to a temporary file beside ``path`` (fsynced, then given the mode the umask
+    allows, as ``open`` would), which is then linked into place without ``--force`` (``os.link``
+    fails if the name appeared meanwhile: no race between the check and the write) or renamed over
+    the old file with it; the directory is fsynced last. Temporary files left by an export that was
+    killed are removed (and said). Every OS error is one :class:`DistilledEmbeddingError`.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DistilledEmbeddingError(f"{path} is a directory: give the output file's path")
     if path.exists() and not force:
         raise DistilledEmbeddingError(f"{path} exists: choose another output or pass --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
     try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent)
+    except OSError as error:
+        raise DistilledEmbeddingError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        if force:
+            os.replace(temporary, path)
+        else:
+            _place_without_replacing(temporary, path)
+        _fsync_directory(path.parent)
+    except FileExistsError:
+        raise DistilledEmbeddingError(
+            f"{path} exists: choose another output or pass --force") from None
+    except OSError as error:
+        raise DistilledEmbeddingError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path.stat().st_size
+
+
+def _place_without_replacing(temporary: str, path: Path) -> None:
+    """Give ``temporary`` the name ``path`` only if nothing has it (FileExistsError otherwise)."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # a file system without hard links: claim the name with O_EXCL, then rename over it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.replace(temporary, path)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.*.tmp`` files beside ``path``: what an export killed mid-write leaves."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink()
+        print(f"removed {stale}, left by an interrupted export", file=sys.stderr)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -47,13 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 def run(args) -> Dict:
     state = load_checkpoint(args.checkpoint)
+    bytes_before = args.checkpoint.stat().st_size  # before writing: the output may replace it
     before_params = count_parameters(state["model"])
     exported = export_state(state, dense=args.dense, fp16=args.fp16)
     written = save_checkpoint(exported, args.output, force=args.force)
     report = {
         "params_before": before_params,
         "params_after": count_parameters(exported["model"]),
-        "bytes_before": args.checkpoint.stat().st_size,
+        "bytes_before": bytes_before,
         "bytes_after": written,
     }
     print(
@@ -88,6 +89,9 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False) -> dict:
         model = map_distinct(
             model, lambda v: v.half() if v.is_floating_point() else v, keep_keys=keep)
     last = state.get("optimizer_history", [{}])[-1]
+    extra = state.get("extra_state") if isinstance(state.get("extra_state"), dict) else {}
+    iterator = extra.get("train_iterator") if isinstance(extra.get("train_iterator"), dict) else {}
+    epoch = int(iterator.get("epoch", extra.get("epoch", 1)))
     return {
         "cfg": cfg,
         "args": None,
@@ -98,8 +102,10 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False) -> dict:
             "lr_scheduler_state": {"best": to_plain(last.get("lr_scheduler_state", {}).get("best"))},
             "num_updates": int(last.get("num_updates", 0)),
         }],
-        "extra_state": {"epoch": int(state.get("extra_state", {}).get("epoch", 1)),
-                        "train_iterator": None},
+        # a fresh epoch's iterator state: fairseq-train --finetune-from-model/--restore-file read
+        # its epoch even when they reset the data loader
+        "extra_state": {"epoch": epoch, "train_iterator": {
+            "version": 2, "epoch": epoch, "iterations_in_epoch": 0, "shuffle": True}},
         "last_optimizer_state": None,
     }
 

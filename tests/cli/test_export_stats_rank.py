@@ -1,5 +1,6 @@
 """fairseq-distilled-emb export / stats / rank on real checkpoints, through the console script."""
 
+import re
 import subprocess
 import sys
 
@@ -129,3 +130,79 @@ def test_rank_subcommand():
     assert result.stdout.startswith("rank 60:")
     bad = cli("rank", "--vocab", "10", "--dim", "4", "--compression", "100", check=False)
     assert bad.returncode == 2 and "leaves no rank" in bad.stderr
+
+
+def test_export_to_a_directory_or_under_a_file_is_one_error_line(tiny_distilled_student, tmp_path):
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"user data")
+    cases = {directory: f"{directory} is a directory: give the output file's path",
+             blocker / "out.pt": f"cannot write {blocker / 'out.pt'}: File exists"}
+    for output, message in cases.items():
+        result = cli("export", tiny_distilled_student.best, output, "--force", check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"fairseq-distilled-emb export: error: {message}")
+    assert list(directory.iterdir()) == [] and blocker.read_bytes() == b"user data"
+
+
+@pytest.mark.parametrize("damage", ["model-not-a-dict", "cfg-a-string", "model-holds-a-string"])
+def test_structurally_invalid_checkpoint_is_one_error_line(tiny_distilled_student, tmp_path, damage):
+    state = torch.load(tiny_distilled_student.best, weights_only=False)
+    if damage == "model-not-a-dict":
+        state["model"] = list(state["model"].values())
+    elif damage == "cfg-a-string":
+        state["cfg"], state["args"] = "not a config", None
+    else:
+        state["model"]["encoder.embed_tokens.U"] = "not a tensor"
+    path = tmp_path / "odd.pt"
+    torch.save(state, path)
+    for command in (["stats", path], ["export", path, tmp_path / "out.pt"]):
+        result = cli(*command, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"fairseq-distilled-emb {command[0]}: error: {path} is not a fairseq checkpoint (it "
+            "needs a 'model' dict of tensors and a 'cfg' or 'args' configuration); pass a "
+            "checkpoint written by fairseq-train")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_export_file_mode_follows_the_umask_and_stale_temporaries_are_removed(
+    tiny_distilled_student, tmp_path
+):
+    stale = tmp_path / ".model.pt.abc123.tmp"  # what an export killed mid-write leaves
+    stale.write_bytes(b"half a checkpoint")
+    target = tmp_path / "model.pt"
+    result = subprocess.run(
+        ["sh", "-c", f"umask 027 && {sys.executable} -m fairseq_distilled_emb export "
+         f"{tiny_distilled_student.best} {target}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (target.stat().st_mode & 0o777) == 0o640
+    assert not stale.exists() and f"removed {stale}, left by an interrupted export" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_export_over_its_own_input_reports_the_size_it_had(tiny_distilled_student, tmp_path):
+    copy = tmp_path / "checkpoint.pt"
+    copy.write_bytes(tiny_distilled_student.best.read_bytes())
+    before = copy.stat().st_size
+    result = cli("export", copy, copy, "--force")
+    after = copy.stat().st_size
+    assert f"bytes:      {before:,} -> {after:,} ({after / before:.1%})" in result.stdout
+    assert after < before
+
+
+def test_an_export_restarts_training_through_stock_finetune_from_model(
+    data_bin, tiny_distilled_student, exported, tmp_path
+):
+    result = run_fairseq(
+        "train", data_bin, "--user-dir", PLUGIN_DIR, "--arch", "distilled_transformer_tiny",
+        "--share-all-embeddings", "--embedding-compression", "4", "--task", "translation",
+        "--criterion", "label_smoothed_cross_entropy", "--optimizer", "adam", "--lr", "1e-4",
+        "--max-tokens", "2000", "--max-update", "2", "--cpu", "--num-workers", "0",
+        "--finetune-from-model", exported["fp16"], "--save-dir", tmp_path, "--log-format", "simple",
+    )
+    log = result.stdout + result.stderr
+    assert f"loading pretrained model from {exported['fp16']}" in log
+    assert re.search(r"\| train \| epoch 001 .*\| num_updates 2 ", log)

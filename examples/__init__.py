@@ -1,0 +1,1 @@
+"""The runnable recipes (importable as ``examples.multi30k`` from the repository root)."""
