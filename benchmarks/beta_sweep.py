@@ -9,18 +9,10 @@ the 8x Distilled Embedding student once per β with the profile's student budget
 """
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
-from common import REPO
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("multi30k_run", REPO / "examples/multi30k/run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from common import load_recipe
 
 
 def main():

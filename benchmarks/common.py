@@ -1,6 +1,8 @@
-"""Shared plumbing of the benchmark scripts: run a stock fairseq CLI in a child Python that reports
-its own peak memory, and read throughput out of fairseq's logs."""
+"""Shared plumbing of the benchmark scripts: the translation recipe as a module, run a stock
+fairseq CLI in a child Python that reports its own peak memory, and read throughput out of
+fairseq's logs."""
 
+import importlib.util
 import re
 import statistics
 import subprocess
@@ -10,6 +12,14 @@ from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "fairseq_distilled_emb"
+
+
+def load_recipe():
+    """``examples/multi30k/run.py`` (its stages, profiles and rows) as a module."""
+    spec = importlib.util.spec_from_file_location("multi30k_run", REPO / "examples/multi30k/run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 _CHILD = """
 import resource, sys

@@ -68,17 +68,18 @@ def markdown_table(rows: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
-def method_of(name: str) -> str:
-    """The frontier line a row belongs to: its name without the ``_<N>x`` size (and data) suffix."""
+def split_size(name: str):
+    """``("distilled", "8x")`` for ``distilled_8x`` (also ``distilled_8x+both``); ``(name, None)``
+    for a row without a ``_<N>x`` size suffix."""
     base = name.split("+")[0]
     stem, _, size = base.rpartition("_")
-    method = stem if size.endswith("x") and size[:-1].isdigit() else base
-    return method + (f" ({name.split('+', 1)[1]} data)" if "+" in name else "")
+    return (stem, size) if size.endswith("x") and size[:-1].isdigit() else (base, None)
 
 
-def size_label(name: str) -> str:
-    size = name.split("+")[0].rpartition("_")[2]
-    return size if size.endswith("x") and size[:-1].isdigit() else name
+def method_of(name: str) -> str:
+    """The frontier line a row belongs to: its name without the size (with its training data)."""
+    data = name.split("+", 1)[1] if "+" in name else None
+    return split_size(name)[0] + (f" ({data} data)" if data else "")
 
 
 def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
@@ -110,7 +111,7 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
             axis.plot(xs, ys, linestyle="-" if len(xs) > 1 else "none", label=method, **style)
             for number, (x, y, name) in enumerate(zip(xs, ys, names)):
                 if method != "teacher" and len(xs) > 1:  # sizes on lines; the legend names singles
-                    axis.annotate(size_label(name), (x, y), fontsize=7, textcoords="offset points",
+                    axis.annotate(split_size(name)[1] or name, (x, y), fontsize=7, textcoords="offset points",
                                   xytext=(5, -10 if (index + number) % 2 else 5))
         axis.set_xlabel(label)
         axis.grid(True, alpha=0.3)

@@ -14,21 +14,13 @@ every point found under ``<results>/sweep`` is rewritten after each point (sorte
 """
 
 import argparse
-import importlib.util
 import itertools
 import json
 from pathlib import Path
 
-from common import REPO
+from common import load_recipe
 
 SCHEDULERS = ("inverse_sqrt", "fixed", "cosine")
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("multi30k_run", REPO / "examples/multi30k/run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def schedule_flags(lr, scheduler, warmup, updates, beta, embedding_first):

@@ -45,8 +45,8 @@ def detokenized_hypotheses(generate_output: str, prefix: str = "D-") -> Dict[int
 def hypotheses_by_id(generate_output: str, expected: int, prefix: str = "D-") -> List[str]:
     """Exactly one hypothesis per input sentence ``0..expected-1``, in input order, or an error."""
     hypotheses = detokenized_hypotheses(generate_output, prefix)
-    if len(hypotheses) != expected or any(i not in hypotheses for i in range(expected)):
-        missing = sorted(set(range(expected)) - set(hypotheses))[:10]
+    missing = sorted(set(range(expected)) - set(hypotheses))[:10]
+    if missing or len(hypotheses) != expected:
         raise DistilledEmbeddingError(
             f"fairseq-generate returned {len(hypotheses)} hypotheses for {expected} "
             f"references (missing ids {missing}...): pass --required-batch-size-multiple 1 to "

@@ -16,7 +16,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -171,14 +171,20 @@ ROW_DESCRIPTIONS = {
 }
 
 
-def teacher_flags(profile: Profile, args) -> List[str]:
+def arch_settings(profile: Profile) -> Dict[str, str]:
+    """The teacher's shape flags as ``{flag: value}``."""
+    return dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))
+
+
+def teacher_flags(profile: Profile, args, arch: Optional[List[str]] = None) -> List[str]:
+    """A stock dense transformer trained with the teacher's recipe (``arch``: another shape)."""
     # --user-dir only for its torch.load allow-list: an interrupted stock run resumes from
     # checkpoint_last.pt, which torch >= 2.6 refuses to unpickle without it
     return (["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
              "--task", "translation",
              "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
-             str(profile.max_tokens)] + profile.teacher_arch + COMMON_TRAIN
-            + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
+             str(profile.max_tokens)] + (profile.teacher_arch if arch is None else arch)
+            + COMMON_TRAIN + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
 
 
 def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
@@ -195,17 +201,13 @@ def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
 def dense_flags(profile: Profile, args, vocab: int, target_params: int) -> List[str]:
     """A stock dense model with ``target_params`` parameters (narrower d and FFN, same depth and
     heads), trained from scratch with the teacher's recipe."""
-    arch = dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))
+    arch = arch_settings(profile)
     layers = int(arch["--encoder-layers"]), int(arch["--decoder-layers"])
     heads = int(arch["--encoder-attention-heads"])
     dim, ffn = factorization.matching_dense_shape(vocab, layers, heads, target_params)
     arch.update({"--encoder-embed-dim": dim, "--decoder-embed-dim": dim,
                  "--encoder-ffn-embed-dim": ffn, "--decoder-ffn-embed-dim": ffn})
-    arch_flags = [str(item) for pair in arch.items() for item in pair]
-    return (["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
-             "--task", "translation", "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
-             str(profile.max_tokens)] + arch_flags + COMMON_TRAIN + profile.teacher_train
-            + device_flags(args.use_gpu, args.fp16))
+    return teacher_flags(profile, args, [str(item) for pair in arch.items() for item in pair])
 
 
 def dense_target_params(teacher_total: int, vocab: int, dim: int, compression: float) -> int:
@@ -233,7 +235,7 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
     """Train, score, export each row; a row trained on teacher output is named ``<row>+<data>``."""
     rows = {}
     vocab = dictionary_size(data_bin)
-    dim = int(dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))["--encoder-embed-dim"])
+    dim = int(arch_settings(profile)["--encoder-embed-dim"])
     row_data = training_data(args, profile, results, data_bin, teacher_ckpt, args.train_data)
     for row in profile.rows if args.rows is None else args.rows:
         name = row if args.train_data == "gold" else f"{row}+{args.train_data}"
@@ -289,19 +291,20 @@ def main(argv=None):
     profile = with_overrides(PROFILES[args.profile], args)
     results = args.results or REPO / "results" / f"multi30k-{args.profile}"
     results.mkdir(parents=True, exist_ok=True)
-    if profile.shipped_teacher and not args.train_teacher:
-        verify_shipped_teacher(profile.shipped_teacher)
-    data_bin = prepare(args, profile, results)
+    shipped = None if args.train_teacher else profile.shipped_teacher
+    if shipped:
+        verify_shipped_teacher(shipped)
+    data_bin = prepare(args, profile, results, shipped)
     teacher_dir = results / "teacher"
-    if profile.shipped_teacher and not args.train_teacher:
-        teacher_summary = install_shipped_teacher(profile.shipped_teacher, teacher_dir)
+    if shipped:
+        teacher_summary = install_shipped_teacher(shipped, teacher_dir)
     else:
         teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher",
                                 results)
     teacher_ckpt = teacher_dir / "checkpoint_best.pt"
     teacher_scores = evaluate(data_bin, teacher_ckpt, teacher_dir, results, args, profile, "teacher")
     vocab = dictionary_size(data_bin)
-    dim = int(dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))["--encoder-embed-dim"])
+    dim = int(arch_settings(profile)["--encoder-embed-dim"])
     rows = {"teacher": {**teacher_summary, **teacher_scores, "embedding_params": vocab * dim,
                         "description": ROW_DESCRIPTIONS["teacher"],
                         "exported_bytes": export_size(teacher_ckpt, teacher_dir, results,

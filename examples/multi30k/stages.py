@@ -114,10 +114,9 @@ def read_split(data_dir: Optional[Path], split: str, lang: str, limit: Optional[
     return lines[:limit] if limit else lines
 
 
-def prepare(args, profile: Profile, results: Path) -> Path:
+def prepare(args, profile: Profile, results: Path, shipped: Optional[Path] = None) -> Path:
     """Raw text → joint sentencepiece (train side only) → fairseq-preprocess --joined-dictionary;
-    with a shipped teacher, its sentencepiece model and dictionary instead of new ones."""
-    shipped = None if args.train_teacher else profile.shipped_teacher
+    with a ``shipped`` teacher, its sentencepiece model and dictionary instead of new ones."""
     data_bin = results / "data-bin"
     if (data_bin / "preprocess.done").exists():
         return data_bin

@@ -5,19 +5,10 @@ The models are built by fairseq itself from the recipe's own flags (the demo and
 for the models the benchmark really trains, not for a formula.
 """
 
-import importlib.util
-
 import pytest
 
-from helpers import PLUGIN_DIR, REPO_ROOT
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location(
-        "multi30k_run", REPO_ROOT / "examples" / "multi30k" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.common import load_recipe
+from helpers import PLUGIN_DIR
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def test_dense_row_matches_its_compressed_rows_total_parameters(
 
     teacher_total = built_params(joined_dictionary, recipe.teacher_flags(profile, Args))
     vocab = recipe.dictionary_size(joined_dictionary)
-    dim = int(profile.teacher_arch[profile.teacher_arch.index("--encoder-embed-dim") + 1])
+    dim = int(recipe.arch_settings(profile)["--encoder-embed-dim"])
     compression = recipe.DENSE_ROWS[row]
     student = strip_training_only(
         recipe.student_flags(f"distilled_{compression}x", profile, Args, "unused.pt"))
