@@ -5,7 +5,6 @@ matters)."""
 import datetime
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
@@ -106,6 +105,20 @@ def test_import_registers_architectures_in_a_fresh_process():
         assert f"'{arch}'" in result.stdout
 
 
-def test_numpy_is_below_2():
-    assert int(np.__version__.split(".")[0]) < 2, np.__version__
-    assert hasattr(np, "compat") and hasattr(np.compat, "long")  # what fairseq 0.12 uses
+def test_numpy_without_compat_gets_the_alias_fairseq_needs():
+    """Under numpy 2 (no ``np.compat``) the plugin's import restores ``np.compat.long`` so stock
+    fairseq's LanguagePairDataset still buckets lengths (``np.vectorize(..., otypes=[np.compat.long])``;
+    without the plugin this raises AttributeError); simulated by deleting the module
+    attribute numpy 2 does not have, in a fresh process."""
+    result = run_python(
+        "import numpy as np\n"
+        "del np.compat\n"
+        "import fairseq_distilled_emb\n"
+        "from fairseq.data import LanguagePairDataset, Dictionary\n"
+        "import torch\n"
+        "d = Dictionary(); [d.add_symbol(w) for w in 'a b c'.split()]\n"
+        "items = [torch.tensor([4, 5, 2]), torch.tensor([6, 2])]\n"
+        "ds = LanguagePairDataset(items, [3, 2], d, items, [3, 2], d, num_buckets=2)\n"
+        "print(np.compat.long is int, ds.bucketed_num_tokens.tolist())"
+    )
+    assert result.stdout.splitlines()[-1] == "True [3, 2]", result.stdout + result.stderr[-2000:]

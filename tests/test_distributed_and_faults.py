@@ -41,7 +41,7 @@ def test_two_process_gloo_run_matches_one_process_with_update_freq_2(data_bin, t
     processes = [
         subprocess.Popen(
             [str(console_script("train")), *distill_args(
-                data_bin, tiny_teacher.best, tmp_path / "dist", 6, "--no-save",
+                data_bin, tiny_teacher.best, tmp_path / "dist", 6, "--no-epoch-checkpoints",
                 "--distributed-world-size", 2, "--distributed-rank", rank,
                 "--distributed-init-method", f"tcp://127.0.0.1:{port}",
                 "--distributed-backend", "gloo", "--distributed-no-spawn",
@@ -54,13 +54,22 @@ def test_two_process_gloo_run_matches_one_process_with_update_freq_2(data_bin, t
     assert all(process.returncode == 0 for process in processes), outputs[0][-3000:]
     single = subprocess.run(
         [str(console_script("train")), *distill_args(
-            data_bin, tiny_teacher.best, tmp_path / "single", 6, "--no-save", "--update-freq", 2)],
+            data_bin, tiny_teacher.best, tmp_path / "single", 6, "--no-epoch-checkpoints",
+            "--update-freq", 2)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     distributed_curve, single_curve = losses(outputs[0]), losses(combined_output(single))
     assert len(distributed_curve) == len(single_curve) == 6
-    for a, b in zip(distributed_curve, single_curve):
-        assert abs(a - b) <= 1e-2 * max(1.0, abs(b)), (distributed_curve, single_curve)
+    # fairseq logs losses to 3 decimals: the curves agree to the last logged digit ...
+    assert all(abs(a - b) <= 1.5e-3 for a, b in zip(distributed_curve, single_curve)), (
+        distributed_curve, single_curve)
+    # ... and the weights after 6 updates to 1e-4 relative (only the summation order differs)
+    distributed, single = (torch.load(tmp_path / run / "checkpoint_last.pt", weights_only=False)
+                           ["model"] for run in ("dist", "single"))
+    assert distributed.keys() == single.keys()
+    errors = {key: ((distributed[key] - single[key]).norm() / single[key].norm().clamp_min(1e-12))
+              .item() for key in single}
+    assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
 def test_sigkill_mid_epoch_then_restart_resumes_without_reconstruction(data_bin, tiny_teacher, tmp_path):

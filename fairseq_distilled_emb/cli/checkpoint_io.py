@@ -83,6 +83,10 @@ def save_checkpoint(state: dict, path, force: bool = False) -> int:
         raise DistilledEmbeddingError(f"{path} is a directory: give the output file's path")
     if path.exists() and not force:
         raise DistilledEmbeddingError(f"{path} exists: choose another output or pass --force")
+    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()),
+                   None)
+    if blocker is not None:
+        raise DistilledEmbeddingError(f"cannot write {path}: {blocker} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)

@@ -298,36 +298,6 @@ def test_pretrained_embed_path_is_rejected(data_bin, tmp_path):
         build_model_from_flags(data_bin, *SHARE_ALL, "--encoder-embed-path", fake)
 
 
-@pytest.mark.parametrize(
-    "flags",
-    [
-        ("--embedding-rank", "0"),
-        ("--embedding-rank", "8", "--embedding-compression", "4"),
-    ],
-    ids=["rank0", "both"],
-)
-def test_fairseq_train_bad_flag_is_one_error_line(data_bin, tmp_path, flags):
-    save_dir = tmp_path / "checkpoints"
-    result = run_fairseq(
-        "train", data_bin, "--user-dir", PLUGIN_DIR,
-        "--arch", "distilled_transformer_tiny", "--share-all-embeddings", *flags,
-        "--task", "translation", "--optimizer", "adam", "--lr", "5e-3",
-        "--max-tokens", "2000", "--max-update", "5", "--cpu", "--save-dir", save_dir,
-        check=False, timeout=300,
-    )
-    output = combined_output(result)
-    assert result.returncode != 0, output[-3000:]
-    assert "Traceback" not in output, output[-3000:]
-    error_lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(error_lines) == 1, result.stderr[-3000:]
-    line = error_lines[0]
-    assert line.startswith("fairseq-train: error: "), line
-    assert "--embedding-rank" in line
-    assert result.stderr.strip().splitlines()[-1] == line  # it is the last thing printed
-    written = [p for p in save_dir.rglob("*")] if save_dir.exists() else []
-    assert written == [], f"files written despite the error: {written}"
-
-
 # ----------------------------------------------------------------------------- the saved student
 
 

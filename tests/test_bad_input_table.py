@@ -1,0 +1,334 @@
+"""Every row of the README's "Bad input" table, run through the real command.
+
+Each case runs the stock console script (``fairseq-train`` or ``fairseq-distilled-emb``) on a real
+bad input and asserts three things: the last line printed is exactly the expected ``error:`` line
+(and the only line that says "error", with no traceback); the README row's message, read as a
+pattern (``…`` = anything, ``X``/``N``/``M`` = a path or number), matches that line, so the table
+cannot drift from the code; and nothing the user had was written or changed (the save directory
+holds only the user's own file, every input file keeps its bytes, no export output appears).
+"""
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import PLUGIN_DIR, REPO_ROOT, combined_output, console_script, fairseq_env
+from helpers import student_train_args
+
+DIM, TEACHER_LAYERS = 64, 2  # transformer_tiny, the shape of the tiny_teacher fixture
+
+
+def readme_table():
+    """``{input cell: [message patterns]}`` of the README's "Bad input" table."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) == 2 and cells[0] not in ("input", "---|---"):
+            rows[cells[0]] = re.findall(r"`([^`]+)`", cells[1].split(" (nothing runs")[0])
+    return rows
+
+
+def as_pattern(documented: str) -> re.Pattern:
+    """A README message as a regex over the error line's message: ``…`` is any text, ``X`` a
+    path, ``N``/``M`` a number; a message documented without its tool starts after ``error: ``."""
+    pattern = re.escape(documented).replace("…", ".*")
+    pattern = re.sub(r"\bX\b", r"\\S+", pattern)
+    pattern = re.sub(r"\b[NM]\b", r"\\d+", pattern)
+    if not documented.startswith(("fairseq-distilled-emb", "…")):
+        pattern = r".*?: error: " + pattern
+    return re.compile(pattern)
+
+
+def digest(*paths):
+    return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
+def vocabulary_size(data_bin):
+    return 4 + sum(1 for _ in open(data_bin / "dict.de.txt", encoding="utf-8"))
+
+
+class Case:
+    """A bad input's workspace: inputs under ``in/``, the user's save directory ``save/`` (holding
+    one file of theirs), export outputs under ``out/``. Every command run through it records
+    whether the inputs, the teacher and the data kept their bytes."""
+
+    def __init__(self, data_bin, teacher, tmp_path):
+        self.data_bin, self.teacher, self.tmp = data_bin, teacher, tmp_path
+        self.inputs, self.save_dir, self.out = tmp_path / "in", tmp_path / "save", tmp_path / "out"
+        for folder in (self.inputs, self.save_dir, self.out):
+            folder.mkdir()
+        (self.save_dir / "keep.txt").write_text("a user's file")
+        self.unchanged = []
+
+    def snapshot(self):
+        files = [self.teacher, *sorted(Path(self.data_bin).iterdir()), *sorted(
+            p for p in self.inputs.rglob("*") if p.is_file())]
+        return digest(*files)
+
+    def watched(self, command):
+        before = self.snapshot()
+        result = subprocess.run(command, capture_output=True, text=True, env=fairseq_env())
+        self.unchanged.append(self.snapshot() == before)
+        return result
+
+    def train(self, *extra, teacher=None, base=None):
+        """fairseq-train of the tiny 4x student (``base`` replaces the student's flags)."""
+        teacher = self.teacher if teacher is None else teacher
+        args = base or student_train_args(self.data_bin, teacher, self.save_dir, 1)
+        return self.watched([str(console_script("train")), *map(str, args), *map(str, extra)])
+
+    def train_plain(self, *flags):
+        """fairseq-train of a student with stock --task translation (no teacher involved)."""
+        return self.train(base=[
+            self.data_bin, "--user-dir", PLUGIN_DIR, "--arch", "distilled_transformer_tiny",
+            "--task", "translation", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2000",
+            "--max-update", "1", "--cpu", "--save-dir", self.save_dir, *flags])
+
+    def cli(self, *args):
+        """``fairseq-distilled-emb`` (as ``python -m``, the console script's entry point)."""
+        return self.watched([sys.executable, "-m", "fairseq_distilled_emb", *map(str, args)])
+
+    def file(self, name, content=b"user data"):
+        path = self.inputs / name
+        path.write_bytes(content)
+        return path
+
+    def checkpoint(self, name, state):
+        path = self.inputs / name
+        torch.save(state, path)
+        return path
+
+    def teacher_variant(self, name, edit):
+        """A copy of the teacher with ``edit(state)`` applied (the user's teacher is untouched)."""
+        state = torch.load(self.teacher, weights_only=False)
+        edit(state)
+        return self.checkpoint(name, state)
+
+
+TRAIN = "fairseq-train: error: "
+EXPORT, STATS = "fairseq-distilled-emb export: error: ", "fairseq-distilled-emb stats: error: "
+NOT_FAIRSEQ = ("is not a fairseq checkpoint (it needs a 'model' dict of tensors and a 'cfg' or "
+               "'args' configuration); pass a checkpoint written by fairseq-train")
+COPIES = "(the student copies the teacher's weights)"
+
+
+def torch_reason(path):
+    """What torch's safe loader says about ``path`` (the message quotes it in parentheses)."""
+    try:
+        torch.load(path, weights_only=True)
+    except Exception as error:  # the same catch as checkpoint_io.load_checkpoint
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+    raise AssertionError(f"{path} loaded")
+
+
+def unreadable(label, path):
+    return (f"{label} is not a readable fairseq checkpoint ({torch_reason(path)}); pass a "
+            "checkpoint written by fairseq-train")
+
+
+def truncated_vocabulary(state):
+    for key in list(state["model"]):
+        if key.endswith(("embed_tokens.weight", "output_projection.weight")):
+            state["model"][key] = state["model"][key][:-8].clone()
+
+
+def rank_64(c):
+    vocab = vocabulary_size(c.data_bin)
+    largest = (vocab * DIM - 1) // (vocab + DIM)
+    return c.train_plain("--share-all-embeddings", "--embedding-rank", "64"), TRAIN + (
+        f"--embedding-rank 64 would not compress an embedding of V={vocab}, d={DIM}: r·(V+d) = "
+        f"{64 * (vocab + DIM):,} >= V·d = {vocab * DIM:,} (rank must be < the embedding dimension "
+        f"{DIM}; the largest rank that compresses is {largest})")
+
+
+def corrupt_teacher(c):
+    path = c.file("garbage.pt", b"this is not a checkpoint\n" * 10)
+    return c.train(teacher=path), TRAIN + unreadable(f"--teacher-path {path}", path)
+
+
+def non_fairseq_teacher(c):
+    path = c.checkpoint("weights.pt", {"weights": torch.zeros(3)})
+    return c.train(teacher=path), TRAIN + f"--teacher-path {path} {NOT_FAIRSEQ}"
+
+
+def other_dictionary_size(c):
+    path, vocab = c.teacher_variant("small-vocab.pt", truncated_vocabulary), vocabulary_size(c.data_bin)
+    return c.train(teacher=path), TRAIN + (
+        f"--teacher-path {path} has a {vocab - 8}-symbol dictionary but the data ({c.data_bin}) "
+        f"has {vocab}: binarize the student's data with the teacher's dictionary "
+        "(fairseq-preprocess --srcdict/--tgtdict) or use the matching teacher")
+
+
+def other_symbols(c):
+    """The teacher's recorded data directory holds dictionaries with two symbols swapped."""
+    teacher_data = c.inputs / "teacher-data"
+    teacher_data.mkdir()
+    for lang in ("de", "en"):
+        lines = (c.data_bin / f"dict.{lang}.txt").read_text().splitlines()
+        lines[0], lines[1] = lines[1], lines[0]
+        (teacher_data / f"dict.{lang}.txt").write_text("\n".join(lines) + "\n")
+
+    def point_at_teacher_data(state):
+        state["cfg"]["task"]["data"] = str(teacher_data)
+
+    path = c.teacher_variant("other-symbols.pt", point_at_teacher_data)
+    dictionary = teacher_data / "dict.de.txt"
+    return c.train(teacher=path), TRAIN + (
+        f"--teacher-path {path}: its dictionary {dictionary} differs from this data's dict.de.txt "
+        f"(same size, different symbols): binarize with fairseq-preprocess --srcdict/--tgtdict "
+        f"{dictionary}")
+
+
+def mismatch(flag, field, teacher_value, student_value, *value):
+    def case(c):
+        return c.train(flag, *value), TRAIN + (
+            f"--teacher-path {c.teacher} was trained with {field}={teacher_value} but the student "
+            f"has {flag} {student_value}: set {flag} to match the teacher {COPIES}")
+    return case
+
+
+def unshared_student(c):
+    base = [a for a in student_train_args(c.data_bin, c.teacher, c.save_dir, 1)
+            if a != "--share-all-embeddings"]
+    return c.train("--share-decoder-input-output-embed", base=base), TRAIN + (
+        f"--teacher-path {c.teacher} was trained with share_all_embeddings=True but the student "
+        f"has --share-all-embeddings False: set --share-all-embeddings to match the teacher {COPIES}")
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a hostile 'checkpoint' does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def hostile_file(c):
+    """The teacher, ``stats`` and ``export`` refuse a pickle that runs code, and it never runs."""
+    marker = c.tmp / "payload-ran"
+    path = c.checkpoint("hostile.pt", {"model": {"x": RunsCode(marker)}, "cfg": {}, "args": None})
+    refusal = (f"{path} is not a readable fairseq checkpoint: it needs posix.system, which safe "
+               "loading (weights_only) refuses; do not turn safe loading off for a file you did "
+               "not make: pass a checkpoint written by fairseq-train")
+    runs = [(c.train(teacher=path), TRAIN + "--teacher-path " + refusal),
+            (c.cli("stats", path), STATS + refusal),
+            (c.cli("export", path, c.out / "out.pt"), EXPORT + refusal)]
+    assert not marker.exists(), "the payload ran"
+    return runs
+
+
+def corrupt_to_stats_and_export(c):
+    path = c.file("garbage.pt", b"this is not a checkpoint\n" * 10)
+    return [(c.cli("stats", path), STATS + unreadable(str(path), path)),
+            (c.cli("export", path, c.out / "out.pt"), EXPORT + unreadable(str(path), path))]
+
+
+def export_onto_a_file(c):
+    target = c.file("model.pt")
+    return c.cli("export", c.teacher, target), (
+        EXPORT + f"{target} exists: choose another output or pass --force")
+
+
+def export_to_a_directory_or_under_a_file(c):
+    directory, blocker = c.inputs / "a-directory", c.file("a-file")
+    directory.mkdir()
+    return [(c.cli("export", c.teacher, directory, "--force"),
+             EXPORT + f"{directory} is a directory: give the output file's path"),
+            (c.cli("export", c.teacher, blocker / "out.pt", "--force"),
+             EXPORT + f"cannot write {blocker / 'out.pt'}: {blocker} is a file, not a folder")]
+
+
+def structurally_invalid(c):
+    damages = {"model-not-a-dict": lambda s: s.update(model=list(s["model"].values())),
+               "cfg-a-string": lambda s: s.update(cfg="not a config", args=None),
+               "model-holds-a-string": lambda s: s["model"].update(x="not a tensor")}
+    runs = []
+    for name, damage in damages.items():
+        path = c.teacher_variant(f"{name}.pt", damage)
+        for command in ("stats", "export") if name == "model-not-a-dict" else ("stats",):
+            runs.append((c.cli(command, path, *([c.out / "out.pt"] if command == "export" else [])),
+                         f"fairseq-distilled-emb {command}: error: {path} {NOT_FAIRSEQ}"))
+    return runs
+
+
+CASES = {  # README input cell -> the case
+    "`--embedding-rank 64` with d = 64": rank_64,
+    "`--embedding-rank 0`": lambda c: (
+        c.train_plain("--share-all-embeddings", "--embedding-rank", "0"),
+        TRAIN + "--embedding-rank 0 must be a positive integer"),
+    "both `--embedding-rank` and `--embedding-compression`": lambda c: (
+        c.train_plain("--share-all-embeddings", "--embedding-rank", "8",
+                      "--embedding-compression", "4"),
+        TRAIN + "--embedding-rank and --embedding-compression are mutually exclusive; give only one"),
+    "neither": lambda c: (
+        c.train_plain("--share-all-embeddings"),
+        TRAIN + "a distilled_transformer* architecture needs --embedding-rank R or "
+        "--embedding-compression X (e.g. --embedding-compression 8)"),
+    "no `--teacher-path`": lambda c: (
+        c.train(teacher=""),
+        TRAIN + "--task translation_reconstruction_init needs --teacher-path: the trained teacher "
+        "checkpoint (e.g. checkpoints/teacher/checkpoint_best.pt) whose embedding is reconstructed"),
+    "missing teacher file": lambda c: (
+        c.train(teacher=c.inputs / "nope.pt"),
+        TRAIN + f"--teacher-path {c.inputs / 'nope.pt'}: no such file; train the teacher first or "
+        "fix the path"),
+    "corrupt teacher": corrupt_teacher,
+    "non-fairseq teacher": non_fairseq_teacher,
+    "teacher with another dictionary size": other_dictionary_size,
+    "same size, other symbols": other_symbols,
+    "teacher (or `stats`/`export` file) whose pickle needs another global": hostile_file,
+    "other dims/layers/heads": mismatch("--encoder-layers", "encoder_layers", TEACHER_LAYERS, 3,
+                                        "3"),
+    "pre-norm student, post-norm teacher (also activation, embedding scaling)": mismatch(
+        "--encoder-normalize-before", "encoder_normalize_before", False, True),
+    "unshared student vs share-all teacher": unshared_student,
+    "dense `--arch` with the task": lambda c: (
+        c.train(base=[a for a in student_train_args(c.data_bin, c.teacher, c.save_dir, 1)
+                      if a not in ("--embedding-compression", "4")] + ["--arch", "transformer_tiny"]),
+        TRAIN + "--task translation_reconstruction_init needs a student with a factorized "
+        "embedding: use a distilled_transformer* (or distilled_transformer_lm*) --arch"),
+    "distillation criterion without a teacher task": lambda c: (
+        c.train_plain("--share-all-embeddings", "--embedding-compression", "4", "--criterion",
+                      "label_smoothed_cross_entropy_with_distillation"),
+        TRAIN + "--criterion label_smoothed_cross_entropy_with_distillation needs a teacher: use "
+        "--task translation_reconstruction_init (or language_modeling_reconstruction_init) with "
+        "--teacher-path TEACHER.pt, or set --embedding-distill-weight 0 --kd-alpha 0"),
+    "corrupt checkpoint to `export`/`stats`": corrupt_to_stats_and_export,
+    "`export` onto an existing file": export_onto_a_file,
+    "`export` to a directory / under a path that is a file": export_to_a_directory_or_under_a_file,
+    "a checkpoint whose `model` is not a dict of tensors, or whose `cfg` is not a config":
+        structurally_invalid,
+}
+
+
+def test_every_readme_row_has_a_case():
+    assert sorted(readme_table()) == sorted(CASES)
+
+
+@pytest.mark.parametrize("row", sorted(CASES))
+def test_readme_row_through_the_real_command(row, data_bin, tiny_teacher, tmp_path):
+    case = Case(data_bin, tiny_teacher.best, tmp_path)
+    runs = CASES[row](case)
+    documented = [as_pattern(message) for message in readme_table()[row]]
+    for result, expected in runs if isinstance(runs, list) else [runs]:
+        output = combined_output(result)
+        exit_code = 2 if expected.startswith("fairseq-distilled-emb") else 1
+        assert result.returncode == exit_code and "Traceback" not in output, output[-3000:]
+        assert result.stderr.strip().splitlines()[-1] == expected, output[-3000:]
+        assert [line for line in output.splitlines() if "error" in line.lower()] == [expected]
+        assert any(pattern.fullmatch(expected) for pattern in documented), (
+            f"README row {row!r} documents {readme_table()[row]}, the command says {expected!r}")
+    assert all(case.unchanged), "an input file, the teacher or the data changed"
+    assert [p.name for p in case.save_dir.iterdir()] == ["keep.txt"]
+    assert (case.save_dir / "keep.txt").read_text() == "a user's file"
+    assert list(case.out.iterdir()) == []
