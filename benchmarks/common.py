@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "fairseq_distilled_emb"
 
 
-def load_recipe():
-    """``examples/multi30k/run.py`` (its stages, profiles and rows) as a module."""
-    spec = importlib.util.spec_from_file_location("multi30k_run", REPO / "examples/multi30k/run.py")
+def load_recipe(name: str = "multi30k"):
+    """``examples/<name>/run.py`` (its stages, profiles and rows) as a module."""
+    spec = importlib.util.spec_from_file_location(f"{name}_run", REPO / "examples" / name / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Choose the students' fine-tuning schedule on Multi30k's validation set (never on test).
 
-Reuses a finished ``examples/multi30k/run.py`` results directory (its data-bin, teacher and, for
+Reuses a finished ``examples/<recipe>/run.py`` results directory (``--recipe multi30k``, the
+default, scores valid BLEU; ``--recipe language_model`` valid perplexity) (its data-bin, teacher and, for
 ``--train-data teacher|both``, its sequence-KD data) and trains one student row per point of the
 grid given on the command line (the cartesian product of every list), each with the recipe's own
 stages: the profile's student flags, then the point's schedule on top. Every point is scored on
-``valid`` with fairseq-generate + sacreBLEU and its best validation loss; each finished point is
+``valid`` with the recipe's own evaluation, and its best validation loss; each finished point is
 skipped on a re-run, so the sweep resumes where it stopped and grows by adding values. The table of
 every point found under ``<results>/sweep`` is rewritten after each point (sorted by valid BLEU).
 
@@ -38,16 +39,18 @@ def point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data)
             f"_{data}")
 
 
-def sweep_table(sweep_dir: Path, teacher_valid_bleu: float) -> str:
+def sweep_table(sweep_dir: Path, teacher_score: float, score) -> str:
+    """Every point under ``sweep_dir``, best first by ``score`` = (key, label, higher is better)."""
+    key, label, higher = score
     points = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/point.json"))]
-    points.sort(key=lambda point: -point["valid_bleu"])
-    lines = [f"Teacher: valid BLEU {teacher_valid_bleu:.2f}. Command of each point: its point.json.",
-             "", "| row | lr | schedule | warm-up | updates | β | emb.-first | data | valid BLEU "
-             "| best valid loss | train s |", "|" + "---|" * 11]
+    points.sort(key=lambda point: -point[f"valid_{key}"] if higher else point[f"valid_{key}"])
+    lines = [f"Teacher: {label} {teacher_score:.2f}. Command of each point: its point.json.",
+             "", "| row | lr | schedule | warm-up | updates | β | emb.-first | data | "
+             f"{label} | best valid loss | train s |", "|" + "---|" * 11]
     for p in points:
         lines.append(
             f"| {p['row']} | {p['lr']:g} | {p['scheduler']} | {p['warmup']} | {p['updates']} | "
-            f"{p['beta']:g} | {p['embedding_first']} | {p['data']} | {p['valid_bleu']:.2f} | "
+            f"{p['beta']:g} | {p['embedding_first']} | {p['data']} | {p[f'valid_{key}']:.2f} | "
             f"{p.get('best_valid_loss', float('nan')):.3f} | {p['train_seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -56,6 +59,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument("--recipe", choices=["multi30k", "language_model"], default="multi30k")
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--rows", nargs="+", default=["distilled_8x"])
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
@@ -67,14 +71,15 @@ def main():
     parser.add_argument("--train-data", nargs="+", default=["gold"], choices=["gold", "teacher", "both"])
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
-    recipe = load_recipe()
+    recipe = load_recipe(args.recipe)
+    key = recipe.SCORE[0]
     args.use_gpu, args.fp16, args.max_tokens, args.student_updates = (
         args.device == "gpu", True, None, None)
     profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
     data_bin, teacher = args.results / "data-bin", args.results / "teacher" / "checkpoint_best.pt"
     sweep_dir = args.results / "sweep"
-    teacher_bleu = recipe.evaluate(data_bin, teacher, teacher.parent, args.results, args, profile,
-                                   "teacher", subset="valid")["bleu"]
+    teacher_score = recipe.evaluate(data_bin, teacher, teacher.parent, args.results, args, profile,
+                                    "teacher", subset="valid")[key]
     grid = itertools.product(args.rows, args.lr, args.scheduler, args.warmup, args.updates,
                              args.beta, args.embedding_first, args.train_data)
     for row, lr, scheduler, warmup, updates, beta, embedding_first, data in grid:
@@ -90,13 +95,14 @@ def main():
                                 args, profile, name, subset="valid")
         point = {"row": row, "lr": lr, "scheduler": scheduler, "warmup": warmup,
                  "updates": updates, "beta": beta, "embedding_first": embedding_first,
-                 "data": data, "valid_bleu": score["bleu"],
+                 "data": data, f"valid_{key}": score[key],
                  "best_valid_loss": summary.get("best_valid_loss"),
                  "train_seconds": summary["train_seconds"], "flags": flags}
         recipe.write_json(save_dir / "point.json", point)
-        (sweep_dir / "sweep.md").write_text(sweep_table(sweep_dir, teacher_bleu) + "\n")
-        print(f"{name}: valid BLEU {score['bleu']:.2f}", flush=True)
-    print(sweep_table(sweep_dir, teacher_bleu))
+        (sweep_dir / "sweep.md").write_text(sweep_table(sweep_dir, teacher_score, recipe.SCORE)
+                                            + "\n")
+        print(f"{name}: {recipe.SCORE[1]} {score[key]:.2f}", flush=True)
+    print(sweep_table(sweep_dir, teacher_score, recipe.SCORE))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -49,6 +49,7 @@ def _load_multi30k_recipe():
 
 recipe = _load_multi30k_recipe()
 run, train, write_json = recipe.run, recipe.train, recipe.write_json
+with_overrides = recipe.with_overrides  # any profile dataclass with student_train/max_tokens
 fairseq_tool, device_flags = recipe.fairseq_tool, recipe.device_flags
 
 logger = logging.getLogger("language_model")
@@ -222,26 +223,42 @@ _EVAL_SPEED = re.compile(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tok
 
 
 def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
-             profile: Profile, name: str) -> Dict:
-    """Stock fairseq-eval-lm on the test split, one caption per sample (as in training)."""
-    done = out_dir / "eval.json"
+             profile: Profile, name: str, subset: str = "test") -> Dict:
+    """Stock fairseq-eval-lm on ``subset``, one caption per sample (as in training)."""
+    done = out_dir / ("eval.json" if subset == "test" else f"eval.{subset}.json")
     if done.exists():
         return json.loads(done.read_text())
+    log = results / "logs" / (f"{name}.eval-lm.log" if subset == "test"
+                              else f"{name}.{subset}.eval-lm.log")
     output = run([fairseq_tool("eval-lm"), str(data_bin), "--user-dir", str(PLUGIN),
-                  "--path", str(checkpoint), "--gen-subset", "test",
+                  "--path", str(checkpoint), "--gen-subset", subset,
                   "--max-tokens", str(profile.max_tokens)] + SENTENCES
-                 + device_flags(args.use_gpu, False), results / "logs" / f"{name}.eval-lm.log")
+                 + device_flags(args.use_gpu, False), log)
     match = _EVAL_LM.search(output)
     if match is None:
-        raise SystemExit(f"no perplexity in {results / 'logs' / f'{name}.eval-lm.log'}")
+        raise SystemExit(f"no perplexity in {log}")
     speed = _EVAL_SPEED.search(output)
     payload = {"loss_base2": float(match.group(1)), "perplexity": float(match.group(2)),
                "eval_tokens": int(speed.group(1).replace(",", "")) if speed else None,
                "eval_tokens_per_second": float(speed.group(3)) if speed else None,
                "checkpoint_bytes": checkpoint.stat().st_size}
     write_json(done, payload)
-    logger.info(f"{name}: test perplexity {payload['perplexity']:.2f}")
+    logger.info(f"{name}: {subset} perplexity {payload['perplexity']:.2f}")
     return payload
+
+
+#: what benchmarks/schedule_sweep.py ranks points by: (score key, its label, higher is better)
+SCORE = ("perplexity", "valid ppl", False)
+
+
+def training_data(args, profile: Profile, results: Path, data_bin: Path, teacher: Path,
+                  kind: str) -> Path:
+    """The data-bin a row trains on: only ``gold`` text for a language model."""
+    if kind != "gold":
+        raise SystemExit(f"--train-data {kind}: the language model recipe trains on gold text only")
+    return data_bin
+
+
 
 
 def dictionary_size(data_bin: Path) -> int:
@@ -327,12 +344,7 @@ def main(argv=None):
     import torch
 
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
-    profile = PROFILES[args.profile]
-    student_train = list(profile.student_train)
-    if args.student_updates:
-        student_train[student_train.index("--max-update") + 1] = str(args.student_updates)
-    profile = replace(profile, max_tokens=args.max_tokens or profile.max_tokens,
-                      student_train=student_train)
+    profile = with_overrides(PROFILES[args.profile], args)
     results = args.results or REPO / "results" / f"lm-multi30k-{args.profile}"
     results.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -216,6 +216,10 @@ def dense_target_params(teacher_total: int, vocab: int, dim: int, compression: f
     return teacher_total - vocab * dim + factorization.factorized_embedding_params(vocab, dim, rank)
 
 
+#: what benchmarks/schedule_sweep.py ranks points by: (score key, its label, higher is better)
+SCORE = ("bleu", "valid BLEU", True)
+
+
 def with_overrides(profile: Profile, args) -> Profile:
     """The profile with the command line's batch size / student budget overrides applied."""
     student_train = list(profile.student_train)

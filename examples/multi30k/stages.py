@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from examples.multi30k.commands import device_flags, fairseq_tool, run, write_json
 from fairseq_distilled_emb import evaluation
 
 logger = logging.getLogger("multi30k")
@@ -45,50 +45,6 @@ class Profile:
 
 
 # ------------------------------------------------------------------------------------ plumbing
-
-
-def fairseq_tool(name):
-    """The console script next to this Python (the venv's), falling back to PATH."""
-    candidate = Path(sys.executable).parent / f"fairseq-{name}"
-    return str(candidate) if candidate.exists() else f"fairseq-{name}"
-
-
-def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
-    """Run a command, save its output to ``log_path``, return it; fail with the output's tail.
-
-    stdout and stderr are read separately and joined (not interleaved): fairseq's progress bar
-    writes carriage returns to stderr which would otherwise glue onto the start of stdout lines
-    (``S-5``/``D-5``), making whole sentences look dropped from fairseq-generate's output.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("$ " + " ".join(command))
-    started = time.perf_counter()
-    completed = subprocess.run(command, input=stdin, capture_output=True, text=True)
-    output = completed.stdout + "\n" + completed.stderr
-    log_path.write_text(output)
-    if completed.returncode != 0:
-        raise SystemExit(
-            f"command failed ({completed.returncode}): {' '.join(command)}\n"
-            f"--- last lines of {log_path} ---\n{output[-3000:]}"
-        )
-    logger.info(f"  done in {time.perf_counter() - started:.0f}s (log: {log_path})")
-    return output
-
-
-def write_json(path: Path, payload):
-    """Write atomically: a killed run never leaves a half-written stage marker."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    temporary.replace(path)
-
-
-def device_flags(use_gpu: bool, fp16: bool):
-    """--cpu, or --fp16 on GPU with a short loss-scale window: the ReLU students overflow at the
-    start (seen on an H100: the scale fell 128 -> 1 and stayed there for 1,000 updates with
-    fairseq's default window of 16,384 updates)."""
-    if not use_gpu:
-        return ["--cpu"]
-    return ["--fp16", "--fp16-scale-window", "128"] if fp16 else []
 
 
 # ------------------------------------------------------------------------------------ stages

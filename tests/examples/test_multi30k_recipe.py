@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import sacrebleu
+
 from helpers import REPO_ROOT, fairseq_env
 
 FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
@@ -28,13 +30,22 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
                "--data-dir", str(raw_multi30k_dir(multi30k_corpus, tmp_path / "raw"))]
     first = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=900)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    # each training stage reports its progress: the update against its budget and the loss
+    assert re.search(r" {2}teacher\.train: update 12/12, valid loss [\d.]+ \(\d+s\)$",
+                     first.stdout + first.stderr, re.MULTILINE), first.stderr[-3000:]
 
     saved = json.loads((results / "results.json").read_text())
     expected_rows = ["teacher", "svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x",
                      "tensor_train_8x"]
     assert list(saved["rows"]) == expected_rows
+    references = multi30k_corpus.lines("test", "en")
     for name, row in saved["rows"].items():
-        assert 0.0 <= row["bleu"] <= 100.0 and "BLEU" not in row["signature"]
+        # the table's BLEU is sacreBLEU of the hypotheses the row wrote, against the raw references
+        out_dir = results / ("teacher" if name == "teacher" else f"rows/{name}")
+        hypotheses = (out_dir / "test.hyp.en").read_text(encoding="utf-8").splitlines()
+        assert len(hypotheses) == len(references)
+        assert row["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
+        assert "BLEU" not in row["signature"]
         assert row["sentences"] == len(multi30k_corpus.lines("test", "en"))
         assert row["embedding_params"] > 0 and row["total_params"] > row["embedding_params"]
         # the fp16 export (no optimizer state, half-size weights) is what ships: it must be smaller
