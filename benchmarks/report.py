@@ -124,15 +124,22 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
     return True
 
 
+def direction(meta: Dict) -> str:
+    """``De→En`` from the run's language pair (older results, written before the recipe took
+    --source-lang/--target-lang, are De→En)."""
+    source, target = meta.get("pair") or ("de", "en")
+    return f"{source.capitalize()}→{target.capitalize()}"
+
+
 def write_report(results: Path, rows: Dict[str, Dict], meta: Dict) -> str:
     """Write results.json, results.md and frontier.png under ``results``; return the table."""
     table = markdown_table(rows)
     signature = next((row["signature"] for row in rows.values() if row.get("signature")), "")
     (results / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    plotted = plot(rows, results / "frontier.png",
-                   f"Multi30k De→En, {meta.get('profile')} profile ({meta.get('device')})")
+    title = f"Multi30k {direction(meta)}, {meta.get('profile')} profile ({meta.get('device')})"
+    plotted = plot(rows, results / "frontier.png", title)
     text = "\n\n".join(filter(None, [
-        f"# Multi30k results ({meta.get('profile')} profile, {meta.get('device')})",
+        f"# {title}",
         meta.get("notes", ""),
         table,
         f"sacreBLEU signature: `{signature}`",

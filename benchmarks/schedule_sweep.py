@@ -76,6 +76,8 @@ def main():
     args.use_gpu, args.fp16, args.max_tokens, args.student_updates = (
         args.device == "gpu", True, None, None)
     profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
+    if args.recipe == "multi30k":  # the direction the results directory was prepared for
+        args.source_lang, args.target_lang = recipe.language_pair(args.results)
     data_bin, teacher = args.results / "data-bin", args.results / "teacher" / "checkpoint_best.pt"
     sweep_dir = args.results / "sweep"
     teacher_score = recipe.evaluate(data_bin, teacher, teacher.parent, args.results, args, profile,

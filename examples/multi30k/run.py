@@ -32,6 +32,7 @@ from examples.multi30k.stages import (  # noqa: E402,F401  (the stages, also for
     export_size,
     fairseq_tool,
     install_shipped_teacher,
+    language_pair,
     parse_train_log,
     prepare,
     run,
@@ -42,6 +43,9 @@ from examples.multi30k.stages import (  # noqa: E402,F401  (the stages, also for
     write_json,
 )
 from fairseq_distilled_emb import factorization  # noqa: E402
+
+
+logger = logging.getLogger("multi30k")
 
 
 # ------------------------------------------------------------------------------------ profiles
@@ -75,6 +79,10 @@ ALL_ROWS = [
 ]
 # What a row trains on: the gold targets, the teacher's beam output (sequence-level KD [C]) or both.
 TRAINING_DATA = ("gold", "teacher", "both")
+#: Multi30k task 1's languages (train, val and test_2016_flickr exist for each)
+LANGUAGES = ("de", "en", "fr", "cs")
+#: the direction of the shipped demo teacher (examples/multi30k/demo_teacher)
+SHIPPED_PAIR = ("de", "en")
 def cosine_fine_tuning(peak_lr: float, updates: int) -> List[str]:
     """The students' schedule chosen on valid (benchmarks/schedule_sweep.py, demo shape): 50
     warm-up updates to a peak of 1.5x the teacher's own peak, then one cosine half-period down to
@@ -230,8 +238,9 @@ def with_overrides(profile: Profile, args) -> Profile:
 
 
 def dictionary_size(data_bin: Path) -> int:
-    """Symbols in fairseq's joined dictionary: 4 specials + one per line of dict.de.txt."""
-    return 4 + sum(1 for _ in open(data_bin / "dict.de.txt", encoding="utf-8"))
+    """Symbols in fairseq's joined dictionary: 4 specials + one per line of a dict.<lang>.txt."""
+    dictionary = sorted(data_bin.glob("dict.*.txt"))[0]
+    return 4 + sum(1 for _ in open(dictionary, encoding="utf-8"))
 
 
 def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
@@ -273,6 +282,10 @@ def main(argv=None):
     parser.add_argument("--results", type=Path, help="results directory (default results/multi30k-<profile>)")
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "multi30k",
                         help="raw Multi30k task-1 files (*.de.gz, *.en.gz)")
+    parser.add_argument("--source-lang", default="de", choices=LANGUAGES,
+                        help="translate from this Multi30k language (default de)")
+    parser.add_argument("--target-lang", default="en", choices=LANGUAGES,
+                        help="into this one (default en)")
     parser.add_argument("--vocab-size", type=int, help="sentencepiece vocabulary (default: the profile's; 8000)")
     parser.add_argument("--rows", nargs="*", choices=ALL_ROWS,
                         help="student/baseline rows to run (default: the profile's; none: the "
@@ -293,9 +306,18 @@ def main(argv=None):
 
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
     profile = with_overrides(PROFILES[args.profile], args)
-    results = args.results or REPO / "results" / f"multi30k-{args.profile}"
+    pair = (args.source_lang, args.target_lang)
+    if pair[0] == pair[1]:
+        parser.error(f"--source-lang and --target-lang are both {pair[0]}: give two languages")
+    suffix = "" if pair == SHIPPED_PAIR else f"-{pair[0]}-{pair[1]}"
+    results = args.results or REPO / "results" / f"multi30k-{args.profile}{suffix}"
+    language_pair(results, *pair)  # refuses a results directory prepared for another direction
     results.mkdir(parents=True, exist_ok=True)
     shipped = None if args.train_teacher else profile.shipped_teacher
+    if shipped and pair != SHIPPED_PAIR:
+        logger.info(f"the shipped teacher translates {SHIPPED_PAIR[0]}→{SHIPPED_PAIR[1]}: training "
+                    f"a {pair[0]}→{pair[1]} teacher with the profile's recipe")
+        shipped = None
     if shipped:
         verify_shipped_teacher(shipped)
     data_bin = prepare(args, profile, results, shipped)
@@ -316,7 +338,7 @@ def main(argv=None):
     rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))
     budget = profile.student_train[profile.student_train.index("--max-update") + 1]
     notes = f"{profile.notes} Every student row: {budget} fine-tuning updates."
-    meta = {"profile": args.profile, "notes": notes, "vocab": vocab, "dim": dim,
+    meta = {"profile": args.profile, "notes": notes, "vocab": vocab, "dim": dim, "pair": pair,
             "device": torch.cuda.get_device_name(0) if args.use_gpu else "cpu",
             "command": " ".join([Path(sys.executable).name] + sys.argv)}
     table = report.write_report(results, rows, meta)

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from examples.multi30k.commands import device_flags, fairseq_tool, run, write_json
 from fairseq_distilled_emb import evaluation
@@ -70,6 +70,24 @@ def read_split(data_dir: Optional[Path], split: str, lang: str, limit: Optional[
     return lines[:limit] if limit else lines
 
 
+def language_pair(results: Path, source: Optional[str] = None,
+                  target: Optional[str] = None) -> Tuple[str, str]:
+    """The translation direction of a results directory: its binarized data's file names
+    (``train.<src>-<tgt>.<lang>.bin``) once prepared, else the one asked for. Every stage reads and
+    writes one direction's files, so asking a prepared directory for another one is refused
+    rather than mixed in."""
+    prepared = sorted((results / "data-bin").glob("train.*-*.*.bin"))
+    recorded = tuple(prepared[0].name.split(".")[1].split("-")) if prepared else None
+    asked = (source, target) if source and target else None
+    if recorded and asked and recorded != asked:
+        raise SystemExit(f"error: {results} was prepared for {recorded[0]}→{recorded[1]}; pass "
+                         f"another --results for {asked[0]}→{asked[1]}")
+    if not recorded and not asked:
+        raise SystemExit(f"error: {results} has no binarized data: run examples/multi30k/run.py "
+                         "with this --results first")
+    return recorded or asked
+
+
 def prepare(args, profile: Profile, results: Path, shipped: Optional[Path] = None) -> Path:
     """Raw text → joint sentencepiece (train side only) → fairseq-preprocess --joined-dictionary;
     with a ``shipped`` teacher, its sentencepiece model and dictionary instead of new ones."""
@@ -78,14 +96,15 @@ def prepare(args, profile: Profile, results: Path, shipped: Optional[Path] = Non
         return data_bin
     work = results / "data"
     work.mkdir(parents=True, exist_ok=True)
+    pair = [args.source_lang, args.target_lang]
     for split in SPLITS:
-        for lang in ("de", "en"):
+        for lang in pair:
             lines = read_split(args.data_dir, split, lang, profile.max_sentences)
             (work / f"{split}.raw.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sentencepiece_encode(work, ["de", "en"], args.vocab_size or profile.vocab_size,
+    sentencepiece_encode(work, pair, args.vocab_size or profile.vocab_size,
                          model=shipped / "spm.model" if shipped else None)
     binarize(results, data_bin, [
-        "--source-lang", "de", "--target-lang", "en", "--trainpref", f"{work}/train.spm",
+        "--source-lang", pair[0], "--target-lang", pair[1], "--trainpref", f"{work}/train.spm",
         "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
         "--joined-dictionary",
     ] + (["--srcdict", str(shipped / "dict.txt")] if shipped else []))
@@ -157,7 +176,8 @@ def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
     if (kd_bin / "preprocess.done").exists():
         return kd_bin
     work = results / "data"
-    sources = (work / "train.spm.de").read_text(encoding="utf-8").splitlines()
+    source, target = args.source_lang, args.target_lang
+    sources = (work / f"train.spm.{source}").read_text(encoding="utf-8").splitlines()
     started = time.perf_counter()
     output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
                   "--path", str(teacher), "--gen-subset", "train", "--beam", "5",
@@ -165,12 +185,12 @@ def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
                   "--max-len-a", "1.2", "--max-len-b", "10"] + device_flags(args.use_gpu, False),
                  results / "logs" / "teacher.train.generate.log")
     translations = evaluation.hypotheses_by_id(output, len(sources), prefix="H-")
-    (work / "train.kd.de").write_text("\n".join(sources) + "\n", encoding="utf-8")
-    (work / "train.kd.en").write_text("\n".join(translations) + "\n", encoding="utf-8")
+    (work / f"train.kd.{source}").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    (work / f"train.kd.{target}").write_text("\n".join(translations) + "\n", encoding="utf-8")
     binarize(results, kd_bin, [
-        "--source-lang", "de", "--target-lang", "en", "--trainpref", f"{work}/train.kd",
+        "--source-lang", source, "--target-lang", target, "--trainpref", f"{work}/train.kd",
         "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
-        "--srcdict", str(data_bin / "dict.de.txt"), "--joined-dictionary",
+        "--srcdict", str(data_bin / f"dict.{source}.txt"), "--joined-dictionary",
     ], log_name="preprocess.kd")
     write_json(kd_bin / "distill.json", {"sentences": len(translations),
                                          "seconds": round(time.perf_counter() - started, 1)})
@@ -259,7 +279,9 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
     done = out_dir / ("eval.json" if subset == "test" else f"eval.{subset}.json")
     if done.exists():
         return json.loads(done.read_text())
-    references = (results / "data" / f"{subset}.raw.en").read_text(encoding="utf-8").splitlines()
+    target = args.target_lang
+    references = (results / "data" / f"{subset}.raw.{target}").read_text(
+        encoding="utf-8").splitlines()
     started = time.perf_counter()
     output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
                   "--path", str(checkpoint), "--gen-subset", subset, "--beam", "5",
@@ -269,7 +291,8 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
                  + device_flags(args.use_gpu, False),
                  results / "logs" / f"{name}.{subset}.generate.log")
     score = evaluation.score_generation(output, references)
-    (out_dir / f"{subset}.hyp.en").write_text("\n".join(score.hypotheses) + "\n", encoding="utf-8")
+    (out_dir / f"{subset}.hyp.{target}").write_text("\n".join(score.hypotheses) + "\n",
+                                                    encoding="utf-8")
     payload = {"bleu": round(score.bleu, 2), "signature": score.signature,
                "sentences": score.sentences, "sentences_per_second": score.sentences_per_second,
                "checkpoint_bytes": checkpoint.stat().st_size,

@@ -101,3 +101,33 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     assert rows["distilled_8x+both"]["from_teacher"] and not rows["dense_8x+both"]["from_teacher"]
     dense_log = (results / "logs" / "dense_8x+both.train.log").read_text()
     assert "data-bin-both" in dense_log  # the same-size dense model trains on the same data
+
+
+def test_ci_profile_in_the_other_direction_en_de(multi30k_corpus, tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, str(REPO_ROOT / "examples" / "multi30k" / "run.py"),
+               "--profile", "ci", "--device", "cpu", "--results", str(results),
+               "--data-dir", str(raw_multi30k_dir(multi30k_corpus, tmp_path / "raw")),
+               "--source-lang", "en", "--target-lang", "de", "--rows", "distilled_8x"]
+    result = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert sorted(p.name for p in (results / "data-bin").glob("train.*.bin")) == [
+        "train.en-de.de.bin", "train.en-de.en.bin"]
+    references = multi30k_corpus.lines("test", "de")
+    saved = json.loads((results / "results.json").read_text())
+    assert list(saved["rows"]) == ["teacher", "distilled_8x"]
+    for name, out_dir in (("teacher", results / "teacher"),
+                          ("distilled_8x", results / "rows" / "distilled_8x")):
+        hypotheses = (out_dir / "test.hyp.de").read_text(encoding="utf-8").splitlines()
+        assert len(hypotheses) == len(references)
+        assert saved["rows"][name]["bleu"] == round(
+            sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
+    assert (results / "results.md").read_text().startswith("# Multi30k En→De, ci profile")
+
+    # the directory now holds en→de data: a de→en run on it is refused, nothing is touched
+    before = sorted(p.name for p in results.rglob("*"))
+    refused = subprocess.run(command[:-6] + ["--rows", "distilled_8x"], capture_output=True,
+                             text=True, env=fairseq_env(), timeout=300)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
+        f"error: {results} was prepared for en→de; pass another --results for de→en")
+    assert sorted(p.name for p in results.rglob("*")) == before
