@@ -79,8 +79,9 @@ class Profile:
 
 
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
-            "distilled_16x", "distilled_output_kd_8x"]
-MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x"]
+            "distilled_16x", "distilled_output_kd_8x", "teacher_continued"]
+MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
+             "teacher_continued"]
 PROFILES = {
     "ci": Profile(
         max_sentences=400, vocab_size=500, dim=64, layers=2, heads=2,
@@ -121,6 +122,8 @@ ROW_FLAGS: Dict[str, Dict] = {  # the same student rows as the translation recip
 ROW_DESCRIPTIONS = {
     "teacher": "dense teacher (stock transformer_lm_gpt shape, tied embedding)",
     "smaller_dim": "smaller-dim dense, same total params as the 8x student, from scratch",
+    "teacher_continued": "the teacher trained on with the students' schedule and budget (the "
+                         "honest reference: what the students' extra updates buy a dense model)",
     "svd_linear_8x": "truncated-SVD linear factorization 8x, fine-tuned without KD",
     "distilled_no_kd_8x": "Distilled Embedding 8x without embedding KD (β=0)",
     "distilled_4x": "Distilled Embedding 4x (full method)",
@@ -187,7 +190,9 @@ def arch_flags(dim: int, layers: int, heads: int) -> List[str]:
 
 
 def teacher_flags(profile: Profile, args, dim: Optional[int] = None) -> List[str]:
-    return (["--task", "language_modeling", "--arch", "transformer_lm_gpt",
+    """A stock dense transformer_lm_gpt (``dim``: another width) with the teacher's recipe;
+    --user-dir only for its torch.load allow-list (resuming, --finetune-from-model)."""
+    return (["--user-dir", str(PLUGIN), "--task", "language_modeling", "--arch", "transformer_lm_gpt",
              "--criterion", "cross_entropy", "--max-tokens", str(profile.max_tokens)]
             + SENTENCES + arch_flags(dim or profile.dim, profile.layers, profile.heads)
             + COMMON_TRAIN + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
@@ -278,11 +283,16 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
                       + factorization.factorized_embedding_params(vocab, dim, rank))
             width = matching_dense_width(vocab, profile.layers, profile.heads, target)
             flags = teacher_flags(profile, args, dim=width)
+        elif row == "teacher_continued":
+            flags = (teacher_flags(profile, args) + profile.student_train
+                     + ["--finetune-from-model", str(teacher_ckpt)])
         else:
             flags = student_flags(row, profile, args, teacher_ckpt)
         summary = train(data_bin, save_dir, flags, row, results)
         if row == "smaller_dim":
             summary["embedding_params"] = vocab * width
+        if row == "teacher_continued":
+            summary["embedding_params"] = vocab * dim
         scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
                           profile, row)
         rows[row] = {**summary, **scores, "description": ROW_DESCRIPTIONS[row]}

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint, save_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +78,13 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False) -> dict:
     model = dict(state["model"])
     stock_training_config(cfg)
     if dense:
-        if any(".tensor_train." in key for key in model):
-            raise DistilledEmbeddingError(
-                "--dense materialises low-rank f(U)W embeddings only; this checkpoint has a "
-                "tensor-train embedding (the baseline): export it without --dense"
-            )
         model = materialise_embeddings(model, cfg["model"])
         dense_model_config(cfg["model"])
     if fp16:
-        keep = compressed_embedding_keys(model)
+        # the compressed embedding stays fp32: f(U)·W cancels heavily (on the demo's 8x student
+        # the factors' norm product is ~300x the product's norm), so fp16 factors put ~2.4 % error
+        # into E and changed 238 of 1,000 test hypotheses; the factors are a small share
+        keep = compressed_keys(model)
         model = map_distinct(
             model, lambda v: v.half() if v.is_floating_point() else v, keep_keys=keep)
     last = state.get("optimizer_history", [{}])[-1]
@@ -147,27 +146,22 @@ def stock_training_config(cfg: dict):
 
 
 def materialise_embeddings(model: dict, model_cfg: dict) -> dict:
-    """Replace each factorized ``<prefix>.U``/``<prefix>.W`` pair by ``<dense name>.weight``.
+    """Replace each compressed embedding's tensors by ``<dense name>.weight``, the matrix it
+    stands for (its kind computes it from the saved tensors).
 
     A factorization shared by several modules (``--share-all-embeddings``) becomes one dense tensor
     saved under each of their names, as in a stock tied checkpoint.
     """
-    f = factorization.activation_fn(model_cfg.get("embedding_activation") or "relu")
-    dense, materialised = {}, {}
-    for key, value in model.items():
-        prefix = key[:-2]
-        if key[-2:] in (".U", ".W") and {prefix + ".U", prefix + ".W"} <= model.keys():
-            if key.endswith(".W"):
-                continue
-            identity = tensor_identity(value)
-            if identity not in materialised:
-                weight = f(value.float()) @ model[prefix + ".W"].float()
-                materialised[identity] = weight.to(value.dtype)
-            name = "decoder.output_projection" if prefix.endswith("output_projection.embedding") \
-                else prefix
-            dense[name + ".weight"] = materialised[identity]
-            continue
-        dense[key] = value
+    kind, modules = saved_compressed_embeddings(model, model_cfg)
+    dense = {key: value for key, value in model.items() if not kind.owns_key(key)}
+    materialised = {}
+    for prefix, tensors in modules.items():
+        identity = tuple(sorted(tensor_identity(value) for value in tensors.values()))
+        if identity not in materialised:
+            materialised[identity] = kind.saved_dense_weight(tensors, model_cfg)
+        name = "decoder.output_projection" if prefix.endswith("output_projection.embedding") \
+            else prefix
+        dense[name + ".weight"] = materialised[identity]
     return dense
 
 
@@ -196,19 +190,6 @@ def dense_model_config(model_cfg: dict):
 
 def tensor_identity(value: torch.Tensor):
     return (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-
-
-def compressed_embedding_keys(model: dict) -> set:
-    """The compressed embedding's tensors, which ``--fp16`` keeps in fp32.
-
-    f(U)·W cancels heavily (on the demo's 8x student the factors' norm product is ~300x the
-    product's norm), so fp16 factors put ~2.4 % error into E and changed 238 of 1,000 test
-    hypotheses; the factors are a small share of the model, so they stay exact.
-    """
-    pairs = {key[:-2] for key in model if key.endswith(".U")} & {
-        key[:-2] for key in model if key.endswith(".W")}
-    return {key for key in model
-            if key[:-2] in pairs or ".tensor_train." in key}
 
 
 def map_distinct(model: dict, function, keep_keys=frozenset()) -> dict:

@@ -6,7 +6,8 @@ from typing import Dict
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
-from fairseq_distilled_emb.cli.export import count_parameters, tensor_identity
+from fairseq_distilled_emb.cli.export import count_parameters, to_plain
+from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser):
@@ -20,23 +21,21 @@ def add_rank_arguments(parser: argparse.ArgumentParser):
                         help="X: dense/factorized embedding parameters")
 
 
-def embedding_summary(model: Dict) -> Dict:
-    """Embedding vs. other parameters, with the rank and ratio of factorized embeddings."""
-    embedding_keys = [k for k in model if k.endswith("embed_tokens.weight")
-                      or k.endswith("embed_tokens.U") or k.endswith("embed_tokens.W")
-                      or ".embed_tokens.tensor_train." in k
+def embedding_summary(model: Dict, model_cfg) -> Dict:
+    """Embedding vs. other parameters, with the size and ratio of a compressed embedding."""
+    compressed = compressed_keys(model)
+    embedding_keys = [k for k in model if k.endswith("embed_tokens.weight") or k in compressed
                       or k.startswith("decoder.output_projection")]
     embedding = count_parameters({k: model[k] for k in embedding_keys})
     total = count_parameters(model)
-    factorized = {tensor_identity(model[k]): model[k] for k in model if k.endswith("embed_tokens.U")}
     summary = {"total_params": total, "embedding_params": embedding,
-               "other_params": total - embedding, "rank": None, "compression": None}
-    if factorized:
-        u = next(iter(factorized.values()))
-        vocab, rank = u.shape
-        dim = model[next(k for k in model if k.endswith("embed_tokens.W"))].shape[1]
-        summary.update(rank=rank, vocab=vocab, dim=dim,
-                       compression=factorization.compression_ratio(vocab, dim, rank))
+               "other_params": total - embedding, "size": None, "compression": None}
+    kind, modules = saved_compressed_embeddings(model, model_cfg) if compressed else (None, {})
+    if modules:
+        summary.update(kind.saved_size(next(iter(modules.values())), model_cfg))
+        if summary.get("vocab") and summary.get("dim"):
+            dense = factorization.dense_embedding_params(summary["vocab"], summary["dim"])
+            summary["compression"] = dense / count_parameters({k: model[k] for k in compressed})
     else:
         weight = next((model[k] for k in model if k.endswith("embed_tokens.weight")), None)
         if weight is not None:
@@ -44,17 +43,24 @@ def embedding_summary(model: Dict) -> Dict:
     return summary
 
 
+def model_config(state) -> Dict:
+    """The saved model configuration as a plain dict (``cfg.model``, or an old ``args``)."""
+    if state.get("cfg") is not None:
+        return to_plain(state["cfg"]).get("model") or {}
+    return dict(vars(state["args"]))
+
+
 def run_stats(args):
     state = load_checkpoint(args.checkpoint)
-    summary = embedding_summary(state["model"])
+    summary = embedding_summary(state["model"], model_config(state))
     summary["size_mb"] = args.checkpoint.stat().st_size / 1e6
     rows = [
         ("checkpoint", str(args.checkpoint)),
         ("embedding params", f"{summary['embedding_params']:,}"),
         ("other params", f"{summary['other_params']:,}"),
         ("total params", f"{summary['total_params']:,}"),
-        ("vocabulary × dim", f"{summary.get('vocab', '?')} × {summary.get('dim', '?')}"),
-        ("rank", "dense" if summary["rank"] is None else str(summary["rank"])),
+        ("vocabulary × dim", f"{summary.get('vocab') or '?'} × {summary.get('dim') or '?'}"),
+        ("compressed", "no (dense)" if summary["size"] is None else summary["size"]),
         ("embedding compression", "–" if summary["compression"] is None
          else f"{summary['compression']:.2f}x"),
         ("size", f"{summary['size_mb']:.2f} MB"),

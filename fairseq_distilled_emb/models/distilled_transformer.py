@@ -20,67 +20,18 @@ from fairseq.models.transformer.transformer_legacy import (
     transformer_wmt_en_de_big,
 )
 
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.models.compressed_embedding_config import CompressedEmbeddingConfig
 from fairseq_distilled_emb.modules import (
-    COMPRESSED_EMBEDDINGS,
-    FactorizedEmbedding,
+    CompressedEmbedding,
     FactorizedOutputProjection,
-    TensorTrainEmbedding,
+    build_compressed_embedding,
 )
-from fairseq_distilled_emb.modules.tensor_train_embedding import resolve_tensor_train_rank
 
 logger = logging.getLogger(__name__)
-
-EMBEDDING_FACTORIZATIONS = ("low-rank", "tensor-train")
-
-
-def add_factorized_embedding_args(parser):
-    """The flags every distilled architecture (translation and LM) shares."""
-    parser.add_argument(
-        "--embedding-rank", type=int, metavar="R",
-        help="rank r of the factorization E ≈ f(U)·W (U: V×r, W: r×d); "
-        "mutually exclusive with --embedding-compression",
-    )
-    parser.add_argument(
-        "--embedding-compression", type=float, metavar="X",
-        help="pick the largest rank whose factorized embedding has at most 1/X of the dense "
-        "embedding's V·d parameters (e.g. 8)",
-    )
-    parser.add_argument(
-        "--embedding-activation", choices=factorization.ACTIVATIONS,
-        help="non-linearity f applied element-wise to U (default: relu, as in the paper)",
-    )
-    parser.add_argument(
-        "--embedding-factorization", choices=EMBEDDING_FACTORIZATIONS,
-        help="'low-rank' (default): Distilled Embedding's f(U)·W; 'tensor-train': the TT-matrix "
-        "baseline of Khrulkov et al. (tensorly-torch, pip install -e .[tensor-train]), whose TT "
-        "rank --embedding-rank/--embedding-compression then set",
-    )
-
-
-def build_factorized_embedding(args, dictionary, embed_dim):
-    """The compressed embedding for ``dictionary`` from the factorization/rank flags in ``args``."""
-    rank_flags = (getattr(args, "embedding_rank", None), getattr(args, "embedding_compression", None))
-    if getattr(args, "embedding_factorization", None) == "tensor-train":
-        if (getattr(args, "embedding_activation", None) or "relu") != "relu":
-            raise DistilledEmbeddingError(
-                "--embedding-activation applies to the low-rank factorization only; drop it with "
-                "--embedding-factorization tensor-train"
-            )
-        rank = resolve_tensor_train_rank(len(dictionary), embed_dim, *rank_flags)
-        return TensorTrainEmbedding(len(dictionary), embed_dim, rank, dictionary.pad())
-    rank = factorization.resolve_rank(
-        len(dictionary),
-        embed_dim,
-        getattr(args, "embedding_rank", None),
-        getattr(args, "embedding_compression", None),
-    )
-    return FactorizedEmbedding(
-        len(dictionary), embed_dim, rank, dictionary.pad(),
-        activation=getattr(args, "embedding_activation", None) or "relu",
-    )
-
 
 def as_namespace(args):
     """A legacy model's config as an argparse Namespace.
@@ -94,11 +45,11 @@ def as_namespace(args):
     return args
 
 
-def factorized_embeddings(model):
+def compressed_embeddings(model):
     """The distinct compressed embedding modules of ``model`` (shared ones counted once)."""
     seen = {}
     for module in model.modules():
-        if isinstance(module, COMPRESSED_EMBEDDINGS):
+        if isinstance(module, CompressedEmbedding):
             seen[id(module)] = module
     return list(seen.values())
 
@@ -106,14 +57,14 @@ def factorized_embeddings(model):
 def log_parameter_summary(model):
     """One line per distinct embedding: dense vs. factorized parameters, ratio, model total."""
     total = sum(p.numel() for p in model.parameters())
-    for embedding in factorized_embeddings(model):
+    for embedding in compressed_embeddings(model):
         dense = factorization.dense_embedding_params(
             embedding.num_embeddings, embedding.embedding_dim
         )
-        factorized = embedding.num_factorized_params()
+        factorized = embedding.num_compressed_params()
         logger.info(
             f"factorized embedding: V={embedding.num_embeddings} d={embedding.embedding_dim} "
-            f"rank={embedding.rank} | dense embedding params {dense:,} | factorized params "
+            f"{embedding.size_description()} | dense embedding params {dense:,} | factorized params "
             f"{factorized:,} | ratio {dense / factorized:.2f}x | total model params {total:,}"
         )
 
@@ -122,7 +73,7 @@ class DistilledTransformerDecoder(TransformerDecoder):
     """A Transformer decoder whose tied output projection computes logits through the factors."""
 
     def build_output_projection(self, args, dictionary, embed_tokens):
-        if self.share_input_output_embed and isinstance(embed_tokens, COMPRESSED_EMBEDDINGS):
+        if self.share_input_output_embed and isinstance(embed_tokens, CompressedEmbedding):
             self.output_projection = FactorizedOutputProjection(embed_tokens)
             return
         super().build_output_projection(args, dictionary, embed_tokens)
@@ -140,7 +91,7 @@ class DistilledTransformerModel(TransformerModel):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        add_factorized_embedding_args(parser)
+        gen_parser_from_dataclass(parser, CompressedEmbeddingConfig())
 
     @classmethod
     def build_model(cls, args, task):
@@ -156,7 +107,7 @@ class DistilledTransformerModel(TransformerModel):
                 "used with a factorized embedding; initialise from a teacher checkpoint with "
                 "--task translation_reconstruction_init --teacher-path instead"
             )
-        return build_factorized_embedding(args, dictionary, embed_dim)
+        return build_compressed_embedding(args, dictionary, embed_dim)
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):

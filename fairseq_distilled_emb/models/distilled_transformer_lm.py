@@ -16,10 +16,8 @@ input/softmax pair.
 """
 
 import logging
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
-from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer_lm import (
     DEFAULT_MAX_TARGET_POSITIONS,
@@ -31,37 +29,22 @@ from fairseq.models.transformer_lm import (
 )
 from fairseq.utils import safe_getattr
 
-from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.models.compressed_embedding_config import CompressedEmbeddingConfig
 from fairseq_distilled_emb.models.distilled_transformer import (
     DistilledTransformerDecoder,
     _distilled_defaults,
-    build_factorized_embedding,
     log_parameter_summary,
 )
+from fairseq_distilled_emb.modules import build_compressed_embedding
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DistilledTransformerLanguageModelConfig(TransformerLanguageModelConfig):
-    """fairseq's ``transformer_lm`` configuration plus the factorization flags of the plugin."""
-
-    embedding_rank: Optional[int] = field(
-        default=None,
-        metadata={"help": "rank r of the factorization E ≈ f(U)·W (U: V×r, W: r×d); "
-                          "mutually exclusive with --embedding-compression"},
-    )
-    embedding_compression: Optional[float] = field(
-        default=None,
-        metadata={"help": "pick the largest rank whose factorized embedding has at most 1/X of "
-                          "the dense embedding's V·d parameters (e.g. 8)"},
-    )
-    embedding_activation: ChoiceEnum(factorization.ACTIVATIONS) = field(
-        default="relu",
-        metadata={"help": "non-linearity f applied element-wise to U (default: relu, as in the "
-                          "paper)"},
-    )
+class DistilledTransformerLanguageModelConfig(TransformerLanguageModelConfig,
+                                              CompressedEmbeddingConfig):
+    """fairseq's ``transformer_lm`` configuration plus the plugin's compressed-embedding flags."""
 
 
 # (config field, flag) of the embedding variants a factorized LM cannot be combined with
@@ -133,7 +116,7 @@ class DistilledTransformerLanguageModel(TransformerLanguageModel):
 
     @classmethod
     def build_embedding(cls, args, dictionary, embed_dim, path=None):
-        return build_factorized_embedding(args, dictionary, embed_dim)
+        return build_compressed_embedding(args, dictionary, embed_dim)
 
 
 # ``--arch distilled_transformer_lm`` needs no function: fairseq registers an architecture of the

@@ -1,3 +1,15 @@
+"""Compressed embeddings: the interface and registry (compressed_embedding.py), and one module per
+kind, each registered under its --embedding-factorization name when imported here."""
+
+from fairseq_distilled_emb.modules.compressed_embedding import (  # noqa: F401
+    COMPRESSED_EMBEDDING_REGISTRY,
+    CompressedEmbedding,
+    TeacherInit,
+    build_compressed_embedding,
+    compressed_keys,
+    register_compressed_embedding,
+    saved_compressed_embeddings,
+)
 from fairseq_distilled_emb.modules.factorized_embedding import (  # noqa: F401
     FactorizedEmbedding,
     FactorizedOutputProjection,
@@ -5,6 +17,3 @@ from fairseq_distilled_emb.modules.factorized_embedding import (  # noqa: F401
 from fairseq_distilled_emb.modules.tensor_train_embedding import (  # noqa: F401
     TensorTrainEmbedding,
 )
-
-#: every embedding module that stores a V×d matrix compressed (and owns the tied output path)
-COMPRESSED_EMBEDDINGS = (FactorizedEmbedding, TensorTrainEmbedding)

@@ -10,9 +10,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.modules.compressed_embedding import (
+    CompressedEmbedding,
+    TeacherInit,
+    register_compressed_embedding,
+)
 
 
-class FactorizedEmbedding(nn.Module):
+@register_compressed_embedding("low-rank")
+class FactorizedEmbedding(CompressedEmbedding):
     """Embedding ``E ≈ f(U)·W`` with ``U ∈ R^{V×r}``, ``W ∈ R^{r×d}`` and f applied to U only.
 
     Exposes the attributes fairseq's encoder/decoder read from an ``nn.Embedding``
@@ -32,6 +38,15 @@ class FactorizedEmbedding(nn.Module):
         self.U = nn.Parameter(torch.empty(num_embeddings, rank))
         self.W = nn.Parameter(torch.empty(rank, embedding_dim))
         self.reset_parameters()
+
+    @classmethod
+    def from_args(cls, args, num_embeddings, embedding_dim, padding_idx):
+        """The rank from ``--embedding-rank`` or ``--embedding-compression`` (exactly one)."""
+        rank = factorization.resolve_rank(
+            num_embeddings, embedding_dim, getattr(args, "embedding_rank", None),
+            getattr(args, "embedding_compression", None))
+        return cls(num_embeddings, embedding_dim, rank, padding_idx,
+                   activation=getattr(args, "embedding_activation", None) or "relu")
 
     def reset_parameters(self):
         """fairseq's normal init, split so that f(U)·W has roughly the dense init's N(0, 1/d) scale.
@@ -76,10 +91,59 @@ class FactorizedEmbedding(nn.Module):
         """The dense V×d matrix f(U)·W (for export, the embedding-distillation loss and tests)."""
         return self.activated_codes() @ self.W
 
-    def num_factorized_params(self):
+    def num_compressed_params(self):
         return factorization.factorized_embedding_params(
             self.num_embeddings, self.embedding_dim, self.rank
         )
+
+    def size_description(self):
+        return f"rank={self.rank}"
+
+    @classmethod
+    def owns_key(cls, key):
+        return key.endswith((".U", ".W"))
+
+    @classmethod
+    def saved_dense_weight(cls, tensors, model_cfg):
+        f = factorization.activation_fn(model_cfg.get("embedding_activation") or "relu")
+        return (f(tensors["U"].float()) @ tensors["W"].float()).to(tensors["U"].dtype)
+
+    @classmethod
+    def saved_size(cls, tensors, model_cfg):
+        (vocab, rank), dim = tensors["U"].shape, tensors["W"].shape[1]
+        return {"vocab": vocab, "dim": dim, "size": f"rank={rank}", "rank": rank}
+
+    def initialize_from(self, target, init: TeacherInit, name):
+        """Reconstruction init (the paper's): fit f(U)·W to the teacher's E; ``svd``/``random``
+        are the ablations. Logs the start's error against the rank-r and rank-(r-1) SVDs."""
+        rank, activation, log = self.rank, self.activation, init.log
+        svd_error, svd_error_below = factorization.svd_relative_errors(target, [rank, rank - 1])
+        if init.method == "random":
+            log(f"{name}: random init (ablation); relative error "
+                f"{factorization.relative_error(target, self.materialize().detach()):.4f} vs "
+                f"rank-{rank} SVD {svd_error:.4f}")
+            return
+        if init.method == "svd":
+            u, w = factorization.initial_factors(target, rank, activation, "svd")
+        else:
+            result = factorization.fit_reconstruction(
+                target, rank, activation=activation, max_steps=init.steps, lr=init.lr,
+                min_relative_improvement=init.min_improvement, device=init.device,
+                log=lambda step, error: log(
+                    f"{name}: reconstruction step {step} relative error {error:.4f}"),
+            )
+            u, w = result.U.cpu(), result.W.cpu()
+            log(f"{name}: reconstruction done in {result.steps} steps, {result.seconds:.1f}s "
+                f"(start {result.start_relative_error:.4f})")
+        self.load_factors(u, w)
+        error = factorization.relative_error(target, self.materialize().detach())
+        log(f"{name}: --embedding-init {init.method} rank {rank} f={activation}: relative "
+            f"Frobenius error {error:.4f} | rank-{rank} SVD {svd_error:.4f} | rank-{rank - 1} SVD "
+            f"{svd_error_below:.4f}")
+        if init.method == "svd" and activation not in ("linear",):
+            init.warn(f"--embedding-init svd with --embedding-activation {activation}: f(U) "
+                      "changes the SVD factors (use --embedding-activation linear for the linear "
+                      "SVD baseline)")
 
     def extra_repr(self):
         return (
@@ -100,7 +164,7 @@ def with_zero_row(matrix, row):
 class FactorizedOutputProjection(nn.Module):
     """The decoder's tied output layer: logits through the shared factors of ``embedding``."""
 
-    def __init__(self, embedding: FactorizedEmbedding):
+    def __init__(self, embedding: CompressedEmbedding):
         super().__init__()
         self.embedding = embedding
 

@@ -14,6 +14,11 @@ import torch.nn.functional as F
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules.compressed_embedding import (
+    CompressedEmbedding,
+    TeacherInit,
+    register_compressed_embedding,
+)
 from fairseq_distilled_emb.modules.factorized_embedding import with_zero_row
 
 TENSOR_TRAIN_MODES = 3  # V and d are each split into 3 factors (Khrulkov et al. use 3 or 4)
@@ -86,13 +91,9 @@ def resolve_tensor_train_rank(num_embeddings, embedding_dim, rank=None, compress
     return rank
 
 
-class TensorTrainEmbedding(nn.Module):
-    """A V×d embedding stored as a TT-matrix; lookups gather rows, logits use the full matrix.
-
-    Exposes what fairseq's encoder/decoder read from an ``nn.Embedding`` and the same ``logits`` /
-    ``materialize`` / ``num_factorized_params`` as :class:`FactorizedEmbedding`, so the decoder's
-    tied output projection and the distillation losses treat both alike.
-    """
+@register_compressed_embedding("tensor-train")
+class TensorTrainEmbedding(CompressedEmbedding):
+    """A V×d embedding stored as a TT-matrix; lookups gather rows, logits use the full matrix."""
 
     def __init__(self, num_embeddings, embedding_dim, rank, padding_idx):
         super().__init__()
@@ -107,6 +108,19 @@ class TensorTrainEmbedding(nn.Module):
             tensorized_embedding_dim=dim_modes, factorization="blocktt",
             rank=tensor_train_ranks(row_modes, dim_modes, rank),
         )
+
+    @classmethod
+    def from_args(cls, args, num_embeddings, embedding_dim, padding_idx):
+        """The TT rank from ``--embedding-rank`` or ``--embedding-compression``."""
+        if (getattr(args, "embedding_activation", None) or "relu") != "relu":
+            raise DistilledEmbeddingError(
+                "--embedding-activation applies to the low-rank factorization only; drop it with "
+                "--embedding-factorization tensor-train"
+            )
+        rank = resolve_tensor_train_rank(num_embeddings, embedding_dim,
+                                         getattr(args, "embedding_rank", None),
+                                         getattr(args, "embedding_compression", None))
+        return cls(num_embeddings, embedding_dim, rank, padding_idx)
 
     def forward(self, tokens):
         if not torch.is_grad_enabled():  # decoding: a row lookup in the cached contracted matrix
@@ -149,8 +163,35 @@ class TensorTrainEmbedding(nn.Module):
         padded[: self.num_embeddings] = matrix
         self.tensor_train.weight.init_from_matrix(padded.to(self.tensor_train.weight.factors[0]))
 
-    def num_factorized_params(self):
-        return sum(p.numel() for p in self.parameters())
+    def size_description(self):
+        return f"tensor-train rank={self.rank}"
+
+    @classmethod
+    def owns_key(cls, key):
+        return ".tensor_train." in key
+
+    @classmethod
+    def module_prefix(cls, key):
+        return key.split(".tensor_train.", 1)[0]
+
+    @classmethod
+    def saved_size(cls, tensors, model_cfg):
+        """The TT covers V rounded up to a tensorizable row count, so V itself is not saved."""
+        rank = model_cfg.get("embedding_rank")
+        return {"vocab": None, "dim": None,
+                "size": f"tensor-train rank={rank}" if rank else "tensor-train"}
+
+    def initialize_from(self, target, init: TeacherInit, name):
+        """The TT-SVD of the teacher's E (the closed-form analogue of the reconstruction), or
+        tensorly-torch's own init with ``--embedding-init random``."""
+        if init.method != "random":
+            self.load_matrix(target)
+        error = factorization.relative_error(target, self.materialize().detach())
+        init.log(
+            f"{name}: tensor-train rank {self.rank} ({self.num_compressed_params():,} "
+            f"params), {'random init' if init.method == 'random' else 'TT-SVD of the teacher'}: "
+            f"relative Frobenius error {error:.4f}"
+        )
 
     def extra_repr(self):
         shape = self.tensor_train.tensor_shape

@@ -31,14 +31,9 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.modules import (
-    COMPRESSED_EMBEDDINGS,
-    FactorizedEmbedding,
-    TensorTrainEmbedding,
-)
+from fairseq_distilled_emb.modules import CompressedEmbedding, TeacherInit
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +154,7 @@ class ReconstructionInitMixin:
             return
         embedding_params = {
             id(param)
-            for embedding in _named_factorized_embeddings(model).values()
+            for embedding in _named_compressed_embeddings(model).values()
             for param in embedding.parameters()
         }
         for param in model.parameters():
@@ -291,7 +286,7 @@ class ReconstructionInitMixin:
     # --------------------------------------------------------------------------- initialisation
 
     def _student_embeddings(self, student):
-        embeddings = _named_factorized_embeddings(student)
+        embeddings = _named_compressed_embeddings(student)
         if not embeddings:
             raise DistilledEmbeddingError(
                 f"--task {self._task_name()} needs a student with a factorized embedding: use a "
@@ -302,7 +297,7 @@ class ReconstructionInitMixin:
     def _pair_embeddings(self, student, teacher):
         """Map each distinct student compressed embedding (by name) to the teacher's dense E."""
         pairs = {}
-        for name, _ in _named_factorized_embeddings(student).items():
+        for name, _ in _named_compressed_embeddings(student).items():
             pairs[name] = _dense_weight(_get_submodule(teacher, name)).detach().float().clone()
         return pairs
 
@@ -316,64 +311,10 @@ class ReconstructionInitMixin:
         )
 
     def _initialise_embedding(self, name, embedding, target):
-        if isinstance(embedding, TensorTrainEmbedding):
-            return self._initialise_tensor_train(name, embedding, target)
-        method = self.cfg.embedding_init
-        rank, activation = embedding.rank, embedding.activation
-        svd_error, svd_error_below = factorization.svd_relative_errors(target, [rank, rank - 1])
-        if method == "random":
-            approx = embedding.materialize().detach()
-            logger.info(
-                f"{name}: random init (ablation); relative error "
-                f"{factorization.relative_error(target, approx):.4f} vs rank-{rank} SVD "
-                f"{svd_error:.4f}"
-            )
-            return
-        if method == "svd":
-            u, w = factorization.initial_factors(target, rank, activation, "svd")
-        else:
-            result = factorization.fit_reconstruction(
-                target,
-                rank,
-                activation=activation,
-                max_steps=self.cfg.reconstruction_steps,
-                lr=self.cfg.reconstruction_lr,
-                min_relative_improvement=self.cfg.reconstruction_min_improvement,
-                device=self._reconstruction_device(),
-                log=lambda step, error: logger.info(
-                    f"{name}: reconstruction step {step} relative error {error:.4f}"
-                ),
-            )
-            u, w = result.U.cpu(), result.W.cpu()
-            logger.info(
-                f"{name}: reconstruction done in {result.steps} steps, {result.seconds:.1f}s "
-                f"(start {result.start_relative_error:.4f})"
-            )
-        embedding.load_factors(u, w)
-        error = factorization.relative_error(target, embedding.materialize().detach())
-        logger.info(
-            f"{name}: --embedding-init {method} rank {rank} f={activation}: relative Frobenius "
-            f"error {error:.4f} | rank-{rank} SVD {svd_error:.4f} | rank-{rank - 1} SVD "
-            f"{svd_error_below:.4f}"
-        )
-        if method == "svd" and activation not in ("linear",):
-            logger.warning(
-                f"--embedding-init svd with --embedding-activation {activation}: f(U) changes the "
-                "SVD factors (use --embedding-activation linear for the linear SVD baseline)"
-            )
-
-    def _initialise_tensor_train(self, name, embedding, target):
-        """The TT baseline starts from the TT-SVD of the teacher's E (its closed-form analogue of
-        the reconstruction), or tensorly-torch's init with ``--embedding-init random``."""
-        method = self.cfg.embedding_init
-        if method != "random":
-            embedding.load_matrix(target)
-        error = factorization.relative_error(target, embedding.materialize().detach())
-        logger.info(
-            f"{name}: tensor-train rank {embedding.rank} ({embedding.num_factorized_params():,} "
-            f"params), {'random init' if method == 'random' else 'TT-SVD of the teacher'}: "
-            f"relative Frobenius error {error:.4f}"
-        )
+        embedding.initialize_from(target, TeacherInit(
+            method=self.cfg.embedding_init, steps=self.cfg.reconstruction_steps,
+            lr=self.cfg.reconstruction_lr, min_improvement=self.cfg.reconstruction_min_improvement,
+            device=self._reconstruction_device(), log=logger.info, warn=logger.warning), name)
 
     def _reconstruction_device(self):
         if torch.cuda.is_available() and not self.cfg.cpu:
@@ -417,20 +358,19 @@ def _get_submodule(model, dotted_name):
     return functools.reduce(getattr, dotted_name.split("."), model)
 
 
-def _named_factorized_embeddings(model) -> Dict[str, torch.nn.Module]:
+def _named_compressed_embeddings(model) -> Dict[str, torch.nn.Module]:
     """Distinct compressed embeddings by their first (shortest) name; output projections skipped."""
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, COMPRESSED_EMBEDDINGS) and "output_projection" not in name:
+        if isinstance(module, CompressedEmbedding) and "output_projection" not in name:
             if all(module is not other for other in found.values()):
                 found[name] = module
     return found
 
 
 def _dense_weight(module):
-    if isinstance(module, FactorizedEmbedding):
-        return module.materialize()
-    return module.weight
+    """The teacher's E: a dense embedding's weight, or what a compressed teacher stands for."""
+    return module.materialize() if isinstance(module, CompressedEmbedding) else module.weight
 
 
 def _teacher_embedding_rows(model_state) -> Optional[int]:
@@ -461,7 +401,7 @@ def _copy_non_embedding_weights(student, teacher):
     factorized_prefixes = tuple(
         name + "."
         for name, module in student.named_modules(remove_duplicate=False)
-        if isinstance(module, COMPRESSED_EMBEDDINGS)
+        if isinstance(module, CompressedEmbedding)
     )
     copied = 0
     with torch.no_grad():

@@ -101,7 +101,8 @@ def test_export_never_overwrites_without_force(tiny_distilled_student, tmp_path)
 
 def test_stats_of_a_factorized_and_a_dense_checkpoint(tiny_distilled_student, tiny_teacher):
     factorized = cli("stats", tiny_distilled_student.best).stdout
-    rank = int(next(line.split()[-1] for line in factorized.splitlines() if line.startswith("rank")))
+    rank = int(next(line.split("rank=")[-1] for line in factorized.splitlines()
+                    if line.startswith("compressed")))
     vocab = torch.load(tiny_teacher.best, weights_only=False)["model"][
         "encoder.embed_tokens.weight"].shape[0]
     assert rank == (vocab * 64) // (4 * (vocab + 64))

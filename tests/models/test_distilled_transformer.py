@@ -12,7 +12,7 @@ from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.models.distilled_transformer import (
     DistilledTransformerModel,
-    factorized_embeddings,
+    compressed_embeddings,
 )
 from fairseq_distilled_emb.modules import FactorizedEmbedding, FactorizedOutputProjection
 from helpers import PLUGIN_DIR, build_model_from_flags, combined_output, run_fairseq
@@ -81,7 +81,7 @@ def test_share_all_embeddings_uses_one_factorization(shared_model):
     assert model.decoder.embed_tokens is embedding
     assert isinstance(model.decoder.output_projection, FactorizedOutputProjection)
     assert model.decoder.output_projection.embedding is embedding
-    assert factorized_embeddings(model) == [embedding]
+    assert compressed_embeddings(model) == [embedding]
     assert (embedding.num_embeddings, embedding.embedding_dim) == (vocab, dim)
     assert embedding.padding_idx == task.source_dictionary.pad()
     # --embedding-compression 4 -> the largest rank within a quarter of V·d
@@ -109,7 +109,7 @@ def test_share_decoder_input_output_only(data_bin):
     assert encoder_embedding is not decoder_embedding
     assert encoder_embedding.U is not decoder_embedding.U
     assert model.decoder.output_projection.embedding is decoder_embedding
-    assert {id(e) for e in factorized_embeddings(model)} == {
+    assert {id(e) for e in compressed_embeddings(model)} == {
         id(encoder_embedding), id(decoder_embedding),
     }
     assert encoder_embedding.rank == decoder_embedding.rank == 8

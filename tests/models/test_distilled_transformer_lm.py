@@ -12,7 +12,7 @@ import torch.nn as nn
 from fairseq.models import ARCH_MODEL_REGISTRY
 
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.models.distilled_transformer import factorized_embeddings
+from fairseq_distilled_emb.models.distilled_transformer import compressed_embeddings
 from fairseq_distilled_emb.models.distilled_transformer_lm import DistilledTransformerLanguageModel
 from fairseq_distilled_emb.modules import FactorizedEmbedding, FactorizedOutputProjection
 from helpers import PLUGIN_DIR
@@ -77,7 +77,7 @@ def test_tied_model_has_one_factorization_and_no_dense_vocabulary_matrix(tied_lm
     assert (embedding.num_embeddings, embedding.embedding_dim) == (vocab, dim)
     assert isinstance(model.decoder.output_projection, FactorizedOutputProjection)
     assert model.decoder.output_projection.embedding is embedding
-    assert factorized_embeddings(model) == [embedding]
+    assert compressed_embeddings(model) == [embedding]
     for name, module in model.named_modules():
         assert not isinstance(module, nn.Embedding), name
         if isinstance(module, nn.Linear):

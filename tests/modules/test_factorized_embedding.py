@@ -105,7 +105,7 @@ def test_no_padding_idx():
 def test_number_of_parameters(vocab, dim, rank):
     emb = FactorizedEmbedding(vocab, dim, rank, PAD)
     assert sum(p.numel() for p in emb.parameters()) == rank * (vocab + dim)
-    assert emb.num_factorized_params() == rank * (vocab + dim)
+    assert emb.num_compressed_params() == rank * (vocab + dim)
     assert not any(p.shape == (vocab, dim) for p in emb.parameters())
     # the output projection adds nothing: it reuses the embedding's factors
     projection = FactorizedOutputProjection(emb)

@@ -1,0 +1,37 @@
+"""The compressed-embedding flags, written once: the translation model adds them to its argparse
+parser (fairseq's ``gen_parser_from_dataclass``) and the language model's dataclass config inherits
+them, so both architectures accept the same flags with the same help."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.modules import COMPRESSED_EMBEDDING_REGISTRY
+
+
+@dataclass
+class CompressedEmbeddingConfig(FairseqDataclass):
+    embedding_rank: Optional[int] = field(
+        default=None,
+        metadata={"help": "rank r of the factorization E ≈ f(U)·W (U: V×r, W: r×d), or the TT "
+                          "rank with --embedding-factorization tensor-train; mutually exclusive "
+                          "with --embedding-compression"},
+    )
+    embedding_compression: Optional[float] = field(
+        default=None,
+        metadata={"help": "pick the largest rank whose compressed embedding has at most 1/X of "
+                          "the dense embedding's V·d parameters (e.g. 8)"},
+    )
+    embedding_activation: ChoiceEnum(factorization.ACTIVATIONS) = field(
+        default="relu",
+        metadata={"help": "non-linearity f applied element-wise to U (default: relu, as in the "
+                          "paper)"},
+    )
+    embedding_factorization: ChoiceEnum(sorted(COMPRESSED_EMBEDDING_REGISTRY)) = field(
+        default="low-rank",
+        metadata={"help": "how the embedding is compressed: 'low-rank' (default), Distilled "
+                          "Embedding's f(U)·W; 'tensor-train', the TT-matrix baseline of Khrulkov "
+                          "et al. (tensorly-torch: pip install -e .[tensor-train])"},
+    )
