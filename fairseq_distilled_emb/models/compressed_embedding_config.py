@@ -8,7 +8,6 @@ from typing import Optional
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from fairseq_distilled_emb import factorization
-from fairseq_distilled_emb.modules import COMPRESSED_EMBEDDING_REGISTRY
 
 
 @dataclass
@@ -29,9 +28,12 @@ class CompressedEmbeddingConfig(FairseqDataclass):
         metadata={"help": "non-linearity f applied element-wise to U (default: relu, as in the "
                           "paper)"},
     )
-    embedding_factorization: ChoiceEnum(sorted(COMPRESSED_EMBEDDING_REGISTRY)) = field(
+    # a plain string, checked against the registry when the model is built: a kind registered
+    # after this module was imported (a user's own module) is accepted too
+    embedding_factorization: str = field(
         default="low-rank",
-        metadata={"help": "how the embedding is compressed: 'low-rank' (default), Distilled "
-                          "Embedding's f(U)·W; 'tensor-train', the TT-matrix baseline of Khrulkov "
-                          "et al. (tensorly-torch: pip install -e .[tensor-train])"},
+        metadata={"help": "how the embedding is compressed, a registered kind: 'low-rank' "
+                          "(default), Distilled Embedding's f(U)·W; 'tensor-train', the TT-matrix "
+                          "baseline of Khrulkov et al. (tensorly-torch: pip install -e "
+                          ".[tensor-train])"},
     )

@@ -33,7 +33,12 @@ from omegaconf import II, OmegaConf
 
 from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.modules import CompressedEmbedding, TeacherInit
+from fairseq_distilled_emb.modules import (
+    CompressedEmbedding,
+    TeacherInit,
+    compressed_keys,
+    saved_compressed_embeddings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,14 +226,14 @@ class ReconstructionInitMixin:
     def _validate_teacher(self, state, student_cfg):
         path = self.cfg.teacher_path
         teacher_cfg = state["cfg"]["model"]
-        embedding_rows = _teacher_embedding_rows(state["model"])
-        if embedding_rows is None:
+        embedding_rows = _teacher_embedding_rows(state["model"], teacher_cfg)
+        if embedding_rows is None and not compressed_keys(state["model"]):
             raise DistilledEmbeddingError(
                 f"--teacher-path {path} has no token embedding (decoder.embed_tokens): it is not a "
                 "transformer translation/language model checkpoint"
             )
         expected = len(self.target_dictionary)
-        if embedding_rows != expected:
+        if embedding_rows is not None and embedding_rows != expected:
             raise DistilledEmbeddingError(
                 f"--teacher-path {path} has a {embedding_rows}-symbol dictionary but the data "
                 f"({self.cfg.data}) has {expected}: binarize the student's data with the teacher's "
@@ -373,11 +378,14 @@ def _dense_weight(module):
     return module.materialize() if isinstance(module, CompressedEmbedding) else module.weight
 
 
-def _teacher_embedding_rows(model_state) -> Optional[int]:
-    for key in ("decoder.embed_tokens.weight", "decoder.embed_tokens.U"):
-        if key in model_state:
-            return model_state[key].shape[0]
-    return None
+def _teacher_embedding_rows(model_state, model_cfg) -> Optional[int]:
+    """V of the teacher's (decoder) token embedding, dense or compressed; None: none found."""
+    if "decoder.embed_tokens.weight" in model_state:
+        return model_state["decoder.embed_tokens.weight"].shape[0]
+    kind, modules = saved_compressed_embeddings(model_state, model_cfg)
+    if "decoder.embed_tokens" not in modules:
+        return None
+    return kind.saved_size(modules["decoder.embed_tokens"], model_cfg)["vocab"]
 
 
 def _sharing(cfg):

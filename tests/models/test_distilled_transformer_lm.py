@@ -253,3 +253,39 @@ def test_dense_export_of_a_wiki103_student_builds_fairseqs_model_without_adaptiv
     assert dense.decoder.adaptive_softmax is None
     assert dense.decoder.output_projection.weight is dense.decoder.embed_tokens.weight
     assert dense.decoder.embed_tokens.weight.shape == (len(task.source_dictionary), 64)
+
+
+def embedding_flag_help(data_dir, arch, task):
+    """``{flag: help}`` of the compressed-embedding flags fairseq's parser offers for ``arch``."""
+    from fairseq import options
+
+    from fairseq_distilled_emb.models.compressed_embedding_config import CompressedEmbeddingConfig
+
+    parser = options.get_training_parser()
+    options.parse_args_and_arch(parser, input_args=[
+        str(data_dir), "--user-dir", str(PLUGIN_DIR), "--arch", arch, "--task", task, "--cpu"])
+    names = {"--" + name.replace("_", "-") for name in CompressedEmbeddingConfig.__dataclass_fields__}
+    return {flag: action.help for action in parser._actions for flag in action.option_strings
+            if flag in names}
+
+
+def test_translation_and_language_model_take_the_same_embedding_flags(lm_dict_dir, data_bin):
+    translation = embedding_flag_help(data_bin, "distilled_transformer_tiny", "translation")
+    language_model = embedding_flag_help(lm_dict_dir, "distilled_transformer_lm_tiny",
+                                         "language_modeling")
+    assert sorted(translation) == sorted(language_model) == [
+        "--embedding-activation", "--embedding-compression", "--embedding-factorization",
+        "--embedding-rank"]
+    assert translation == language_model  # the same help, written once
+
+
+def test_language_model_with_a_tensor_train_embedding(lm_dict_dir):
+    from fairseq_distilled_emb.modules import TensorTrainEmbedding
+
+    _, _, model = build_lm(lm_dict_dir, "--share-decoder-input-output-embed",
+                           "--embedding-factorization", "tensor-train", "--embedding-compression",
+                           "4")
+    (embedding,) = compressed_embeddings(model)
+    assert isinstance(embedding, TensorTrainEmbedding)
+    assert model.decoder.output_projection.embedding is embedding  # tied through the TT
+    assert embedding.num_compressed_params() * 4 <= (VOCAB_WORDS + 4) * 64
