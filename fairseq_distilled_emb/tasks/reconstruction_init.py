@@ -2,9 +2,9 @@
 
 The first half of Distilled Embedding. On ``build_model`` the task
 
-1. loads the teacher (a stock ``transformer*``/``transformer_lm*`` or a ``distilled_*`` checkpoint) on
-   CPU with fairseq's checkpoint utilities, and validates it against the data and the student's
-   ``--arch`` before any work, with one clear error per problem;
+1. loads the teacher (a stock ``transformer*``/``transformer_lm*`` or a ``distilled_*`` checkpoint)
+   and validates it against the data and the student's ``--arch`` before any work, with one clear
+   error per problem (:mod:`fairseq_distilled_emb.tasks.teacher`);
 2. initialises each factorized embedding from the teacher's embedding E
    (``--embedding-init reconstruct|svd|random``, see :mod:`fairseq_distilled_emb.factorization`);
 3. copies every non-embedding parameter of the teacher into the student (strict shapes);
@@ -24,45 +24,21 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from fairseq import checkpoint_utils, utils
-from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
-from omegaconf import II, OmegaConf
+from omegaconf import II
 
-from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.modules import (
-    CompressedEmbedding,
-    TeacherInit,
-    compressed_keys,
-    saved_compressed_embeddings,
+from fairseq_distilled_emb.modules import CompressedEmbedding, TeacherInit
+from fairseq_distilled_emb.tasks.teacher import (  # noqa: F401  (ARCHITECTURE_FIELDS: for tasks)
+    ARCHITECTURE_FIELDS,
+    TeacherCheckpoint,
 )
 
 logger = logging.getLogger(__name__)
 
 EMBEDDING_INIT_CHOICES = ChoiceEnum(["reconstruct", "svd", "random"])
-
-# Architecture fields whose teacher and student values must agree for the weight copy to be exact.
-ARCHITECTURE_FIELDS = (
-    "encoder_embed_dim",
-    "encoder_ffn_embed_dim",
-    "encoder_layers",
-    "encoder_attention_heads",
-    "decoder_embed_dim",
-    "decoder_ffn_embed_dim",
-    "decoder_layers",
-    "decoder_attention_heads",
-    # same shapes, different network: a pre-norm student must not copy a post-norm teacher
-    "encoder_normalize_before",
-    "decoder_normalize_before",
-    "activation_fn",
-    "no_scale_embedding",
-    "layernorm_embedding",
-)
-SHARING_FIELDS = ("share_all_embeddings", "share_decoder_input_output_embed")
-
 
 @dataclass
 class ReconstructionInitConfig:
@@ -125,11 +101,12 @@ class ReconstructionInitMixin:
         if from_checkpoint:
             # Decoding (or loading a teacher/student by path): the teacher file is not needed.
             return super().build_model(cfg, from_checkpoint)
-        teacher_state = self._load_teacher_state()
-        self._validate_teacher(teacher_state, cfg)
+        checkpoint = TeacherCheckpoint(self.cfg.teacher_path, f"--task {self._task_name()}")
+        checkpoint.validate(cfg, self._dictionaries(), len(self.target_dictionary), self.cfg.data,
+                            self.architecture_fields)
         student = super().build_model(cfg, from_checkpoint)
         student_embeddings = self._student_embeddings(student)
-        teacher = self._build_teacher(teacher_state)
+        teacher = checkpoint.build(self)
         self.teacher_embeddings = self._pair_embeddings(student, teacher)
         self.teacher = teacher
         resume_path = self._resume_checkpoint_path()
@@ -199,94 +176,6 @@ class ReconstructionInitMixin:
                 self.teacher_embeddings[name] = target
             pairs.append((embedding, target))
         return pairs
-
-    # --------------------------------------------------------------------------- teacher loading
-
-    def _load_teacher_state(self):
-        path = self.cfg.teacher_path
-        if not path:
-            raise DistilledEmbeddingError(
-                f"--task {self._task_name()} needs --teacher-path: the trained teacher checkpoint "
-                "(e.g. checkpoints/teacher/checkpoint_best.pt) whose embedding is reconstructed"
-            )
-        if not os.path.isfile(path):
-            raise DistilledEmbeddingError(
-                f"--teacher-path {path}: no such file; train the teacher first or fix the path"
-            )
-        # our own loader, explicitly weights_only=True: fairseq's load_checkpoint_to_cpu follows
-        # torch's default, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns into full unpickling
-        state = load_checkpoint(path, label=f"--teacher-path {path}")
-        # then what fairseq's loader does after torch.load: the config as OmegaConf, old layouts
-        # upgraded (an args-only checkpoint gets its cfg)
-        if state.get("cfg") is not None:
-            state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-        state = checkpoint_utils._upgrade_state_dict(state)
-        return state
-
-    def _validate_teacher(self, state, student_cfg):
-        path = self.cfg.teacher_path
-        teacher_cfg = state["cfg"]["model"]
-        embedding_rows = _teacher_embedding_rows(state["model"], teacher_cfg)
-        if embedding_rows is None and not compressed_keys(state["model"]):
-            raise DistilledEmbeddingError(
-                f"--teacher-path {path} has no token embedding (decoder.embed_tokens): it is not a "
-                "transformer translation/language model checkpoint"
-            )
-        expected = len(self.target_dictionary)
-        if embedding_rows is not None and embedding_rows != expected:
-            raise DistilledEmbeddingError(
-                f"--teacher-path {path} has a {embedding_rows}-symbol dictionary but the data "
-                f"({self.cfg.data}) has {expected}: binarize the student's data with the teacher's "
-                "dictionary (fairseq-preprocess --srcdict/--tgtdict) or use the matching teacher"
-            )
-        self._validate_teacher_symbols(teacher_cfg, state)
-        teacher_sharing, student_sharing = _sharing(teacher_cfg), _sharing(student_cfg)
-        for name in self.architecture_fields + SHARING_FIELDS:
-            teacher_value = teacher_sharing.get(name, _config_value(teacher_cfg, name))
-            student_value = student_sharing.get(name, _config_value(student_cfg, name))
-            if teacher_value is None or student_value is None:
-                continue
-            if teacher_value != student_value:
-                flag = "--" + name.replace("_", "-")
-                raise DistilledEmbeddingError(
-                    f"--teacher-path {path} was trained with {name}={teacher_value} but the "
-                    f"student has {flag} {student_value}: set {flag} to match the teacher "
-                    "(the student copies the teacher's weights)"
-                )
-
-    def _validate_teacher_symbols(self, teacher_cfg, state):
-        """Compare dictionaries symbol by symbol when the teacher's data directory is reachable."""
-        teacher_task = state["cfg"]["task"]
-        data = _config_value(teacher_task, "data")
-        if not data:
-            return
-        for dictionary in self._dictionaries():
-            filename = dictionary.get("file") or f"dict.{dictionary['lang']}.txt"
-            candidate = os.path.join(str(data).split(":")[0], filename)
-            if not os.path.isfile(candidate):
-                logger.warning(
-                    f"teacher dictionary {candidate} not found: checked the size only"
-                )
-                continue
-            teacher_dictionary = Dictionary.load(candidate)
-            if teacher_dictionary.symbols != dictionary["dictionary"].symbols:
-                raise DistilledEmbeddingError(
-                    f"--teacher-path {self.cfg.teacher_path}: its dictionary {candidate} differs "
-                    f"from this data's {filename} (same size, different symbols): binarize "
-                    f"with fairseq-preprocess --srcdict/--tgtdict {candidate}"
-                )
-
-    def _build_teacher(self, state):
-        models, _ = checkpoint_utils.load_model_ensemble(
-            [self.cfg.teacher_path], task=self, state=state
-        )
-        teacher = models[0]
-        teacher.eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
-        teacher_params = sum(p.numel() for p in teacher.parameters())
-        logger.info(f"loaded frozen teacher {self.cfg.teacher_path} ({teacher_params:,} params)")
-        return teacher
 
     # --------------------------------------------------------------------------- initialisation
 
@@ -376,30 +265,6 @@ def _named_compressed_embeddings(model) -> Dict[str, torch.nn.Module]:
 def _dense_weight(module):
     """The teacher's E: a dense embedding's weight, or what a compressed teacher stands for."""
     return module.materialize() if isinstance(module, CompressedEmbedding) else module.weight
-
-
-def _teacher_embedding_rows(model_state, model_cfg) -> Optional[int]:
-    """V of the teacher's (decoder) token embedding, dense or compressed; None: none found."""
-    if "decoder.embed_tokens.weight" in model_state:
-        return model_state["decoder.embed_tokens.weight"].shape[0]
-    kind, modules = saved_compressed_embeddings(model_state, model_cfg)
-    if "decoder.embed_tokens" not in modules:
-        return None
-    return kind.saved_size(modules["decoder.embed_tokens"], model_cfg)["vocab"]
-
-
-def _sharing(cfg):
-    """Effective embedding sharing: --share-all-embeddings implies decoder input/output sharing."""
-    share_all = bool(_config_value(cfg, "share_all_embeddings"))
-    share_decoder = share_all or bool(_config_value(cfg, "share_decoder_input_output_embed"))
-    return {"share_all_embeddings": share_all, "share_decoder_input_output_embed": share_decoder}
-
-
-def _config_value(cfg, name):
-    try:
-        return utils.safe_getattr(cfg, name, None)
-    except Exception:  # omegaconf struct configs raise on unknown keys
-        return None
 
 
 def _copy_non_embedding_weights(student, teacher):
