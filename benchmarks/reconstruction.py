@@ -19,6 +19,7 @@ import torch
 
 from common import REPO
 from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
 
 
 def synthetic_trained_like(vocab, dim, seed=0):
@@ -45,7 +46,8 @@ def measure(embedding, rank, activation="relu", **fit_options):
 
 
 def teacher_embedding(path):
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """The teacher's E, read with the plugin's safe loader (never full unpickling)."""
+    state = load_checkpoint(path, label=f"--teacher {path}")
     return state["model"]["decoder.embed_tokens.weight"].float()
 
 
