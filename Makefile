@@ -21,14 +21,14 @@ test: setup
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) examples/multi30k/run.py --profile demo
+	$(PY) -m examples.multi30k.run --profile demo
 
 benchmark: setup
-	$(PY) examples/multi30k/run.py --profile full
+	$(PY) -m examples.multi30k.run --profile full
 
 # every row on 2 CPU cores in <= 3 hours (teacher 12 epochs, 250 updates per student row)
 benchmark-cpu: setup
-	$(PY) examples/multi30k/run.py --profile cpu
+	$(PY) -m examples.multi30k.run --profile cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info

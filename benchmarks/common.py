@@ -1,12 +1,13 @@
-"""Shared plumbing of the benchmark scripts: the translation recipe as a module, run a stock
+"""Shared plumbing of the benchmark scripts (run as ``python -m benchmarks.<script>`` from the
+repository root): a recipe as a module, run a stock
 fairseq CLI in a child Python that reports its own peak memory, and read throughput out of
 fairseq's logs."""
 
-import importlib.util
 import re
 import statistics
 import subprocess
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import Dict, List
 
@@ -15,11 +16,8 @@ PLUGIN = REPO / "fairseq_distilled_emb"
 
 
 def load_recipe(name: str = "multi30k"):
-    """``examples/<name>/run.py`` (its stages, profiles and rows) as a module."""
-    spec = importlib.util.spec_from_file_location(f"{name}_run", REPO / "examples" / name / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The recipe module ``examples.<name>.run`` (its stages, profiles and rows)."""
+    return import_module(f"examples.{name}.run")
 
 _CHILD = """
 import resource, sys

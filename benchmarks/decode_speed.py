@@ -5,7 +5,7 @@ Each checkpoint is decoded ``--repeats`` times with ``fairseq-generate --cpu`` (
 sentences/s kept); the ratio is against the first checkpoint (the teacher). Target (issue 6): the
 student decodes ≥ 1.15× the teacher's sentences/s.
 
-    python benchmarks/decode_speed.py results/multi30k-demo/data-bin \
+    python -m benchmarks.decode_speed results/multi30k-demo/data-bin \
         results/multi30k-demo/teacher/checkpoint_best.pt results/multi30k-demo/rows/distilled_8x/checkpoint_best.pt
 """
 
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import PLUGIN, run_cli
+from benchmarks.common import PLUGIN, run_cli
 
 from fairseq_distilled_emb.evaluation import decode_speed
 

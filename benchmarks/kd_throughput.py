@@ -8,7 +8,7 @@ one teacher forward per batch). Each configuration runs ``--repeats`` times, int
 best words/s is kept. Targets (issue 5): α = 0 ≥ 0.95×, α > 0 ≥ 0.70× plain; peak memory ≤ 1.5×. α > 0 runs at
 T = 1 and T = 2.
 
-    python benchmarks/kd_throughput.py --data-bin results/multi30k-demo/data-bin \
+    python -m benchmarks.kd_throughput --data-bin results/multi30k-demo/data-bin \
         --teacher results/multi30k-demo/teacher/checkpoint_best.pt --arch-flags "..."
 
 ``--untrained-teacher DIR`` instead trains a 2-update teacher of ``--arch-flags`` into DIR (kept
@@ -22,7 +22,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from common import PLUGIN, REPO, run_cli, steady_wps
+from benchmarks.common import PLUGIN, REPO, run_cli, steady_wps
 
 CONFIGS = {
     "plain_ls": ["--criterion", "label_smoothed_cross_entropy"],

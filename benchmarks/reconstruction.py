@@ -7,7 +7,7 @@ relative Frobenius error ‖f(U)W − E‖/‖E‖ of the reconstruction next to
 truncated SVD errors (f(U)W has rank ≤ r, so nothing beats the rank-r SVD; ReLU with r columns can
 represent any rank-(r−1) matrix, so the reconstruction must be ≤ the rank-(r−1) error).
 
-    python benchmarks/reconstruction.py --teacher results/multi30k-demo/teacher/checkpoint_best.pt
+    python -m benchmarks.reconstruction --teacher results/multi30k-demo/teacher/checkpoint_best.pt
 """
 
 import argparse
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO
+from benchmarks.common import REPO
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
 

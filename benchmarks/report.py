@@ -1,7 +1,7 @@
 """Turn a results directory's rows into the markdown table, a JSON file and the BLEU-vs-params plot.
 
-Used by ``examples/multi30k/run.py`` at the end of a run; can also be re-run alone on a finished (or
-partially finished) results directory: ``python benchmarks/report.py results/multi30k-full``.
+Used by ``examples.multi30k.run`` at the end of a run; can also be re-run alone on a finished (or
+partially finished) results directory: ``python -m benchmarks.report results/multi30k-full``.
 """
 
 import json

@@ -10,7 +10,7 @@ stages: the profile's student flags, then the point's schedule on top. Every poi
 skipped on a re-run, so the sweep resumes where it stopped and grows by adding values. The table of
 every point found under ``<results>/sweep`` is rewritten after each point (sorted by valid BLEU).
 
-    python benchmarks/schedule_sweep.py --results results/multi30k-demo --profile demo \\
+    python -m benchmarks.schedule_sweep --results results/multi30k-demo --profile demo \\
         --lr 5e-4 1e-3 2e-3 --scheduler inverse_sqrt fixed cosine --updates 250
 """
 
@@ -19,7 +19,7 @@ import itertools
 import json
 from pathlib import Path
 
-from common import load_recipe
+from benchmarks.common import load_recipe
 
 SCHEDULERS = ("inverse_sqrt", "fixed", "cosine")
 

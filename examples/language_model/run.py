@@ -8,7 +8,7 @@ interrupted run continues where it stopped. Profiles: ``ci`` (a few hundred sent
 updates: checks the plumbing, numbers are meaningless), ``demo`` (the whole English side, a small
 model, a few minutes on 2 idle CPU cores) and ``full`` (a larger model and budget; use a GPU).
 
-    python examples/language_model/run.py --profile demo --results results/lm-demo
+    python -m examples.language_model.run --profile demo --results results/lm-demo
 
 Nothing is downloaded: the raw text is read from ``--data-dir`` (default
 ``../shared/data/multi30k``).
@@ -17,7 +17,6 @@ For WikiText-103 see README.md next to this file.
 
 import argparse
 import gzip
-import importlib.util
 import json
 import logging
 import os
@@ -28,26 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from benchmarks import report
+from examples.multi30k import run as recipe  # the translation recipe's stages, imported
+from fairseq_distilled_emb import factorization
 
-from benchmarks import report  # noqa: E402
-from fairseq_distilled_emb import factorization  # noqa: E402
-
-
-def _load_multi30k_recipe():
-    """The translation recipe's stage helpers (run/train/write_json/...), imported, not copied.
-
-    ``examples/`` is not a package, so the module is loaded from its file under its own name.
-    """
-    path = REPO / "examples" / "multi30k" / "run.py"
-    spec = importlib.util.spec_from_file_location("multi30k_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_multi30k_recipe()
+REPO = recipe.REPO
 run, train, write_json = recipe.run, recipe.train, recipe.write_json
 with_overrides = recipe.with_overrides  # any profile dataclass with student_train/max_tokens
 fairseq_tool, device_flags = recipe.fairseq_tool, recipe.device_flags
@@ -378,7 +362,7 @@ def main(argv=None):
             "device": (torch.cuda.get_device_name(0) if args.use_gpu
                        else f"cpu ({os.cpu_count()} cores)"),
             "wall_seconds": time.perf_counter() - started,
-            "command": " ".join([Path(sys.executable).name] + sys.argv)}
+            "command": " ".join(["python", "-m", "examples.language_model.run"] + sys.argv[1:])}
     print(write_report(results, rows, meta))
     logger.info(f"finished in {meta['wall_seconds']:.0f}s (stages found done were skipped)")
 

@@ -8,7 +8,10 @@ where it stopped. Profiles: ``ci`` (a few hundred sentences, a few updates: the 
 benchmark's teacher, budgets sized for ≤ 3 hours on 2 CPU cores) and ``full`` (``make benchmark``:
 the teacher trained to early stopping, 2,000 updates per row; use a GPU).
 
-    python examples/multi30k/run.py --profile demo --results results/multi30k-demo
+    python -m examples.multi30k.run --profile demo --results results/multi30k-demo
+
+Run it as a module from the repository root (``examples`` and ``benchmarks`` are packages of the
+checkout, imported by name; nothing edits ``sys.path``).
 """
 
 import argparse
@@ -18,11 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from benchmarks import report  # noqa: E402
-from examples.multi30k.stages import (  # noqa: E402,F401  (the stages, also for other scripts)
+from benchmarks import report
+from examples.multi30k.stages import (  # noqa: F401  (the stages, also for other scripts)
+    REPO,
     PLUGIN,
     SPLITS,
     Profile,
@@ -42,7 +43,7 @@ from examples.multi30k.stages import (  # noqa: E402,F401  (the stages, also for
     verify_shipped_teacher,
     write_json,
 )
-from fairseq_distilled_emb import factorization  # noqa: E402
+from fairseq_distilled_emb import factorization
 
 
 logger = logging.getLogger("multi30k")
@@ -340,7 +341,7 @@ def main(argv=None):
     notes = f"{profile.notes} Every student row: {budget} fine-tuning updates."
     meta = {"profile": args.profile, "notes": notes, "vocab": vocab, "dim": dim, "pair": pair,
             "device": torch.cuda.get_device_name(0) if args.use_gpu else "cpu",
-            "command": " ".join([Path(sys.executable).name] + sys.argv)}
+            "command": " ".join(["python", "-m", "examples.multi30k.run"] + sys.argv[1:])}
     table = report.write_report(results, rows, meta)
     print(table)
 

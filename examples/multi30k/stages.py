@@ -83,7 +83,7 @@ def language_pair(results: Path, source: Optional[str] = None,
         raise SystemExit(f"error: {results} was prepared for {recorded[0]}→{recorded[1]}; pass "
                          f"another --results for {asked[0]}→{asked[1]}")
     if not recorded and not asked:
-        raise SystemExit(f"error: {results} has no binarized data: run examples/multi30k/run.py "
+        raise SystemExit(f"error: {results} has no binarized data: run python -m examples.multi30k.run "
                          "with this --results first")
     return recorded or asked
 

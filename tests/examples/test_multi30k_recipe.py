@@ -13,6 +13,12 @@ from helpers import REPO_ROOT, fairseq_env
 FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 
 
+def run_recipe(command, timeout):
+    """``python -m examples.multi30k.run ...`` from the repository root, as the README runs it."""
+    return subprocess.run(command, capture_output=True, text=True, env=fairseq_env(),
+                          cwd=REPO_ROOT, timeout=timeout)
+
+
 def raw_multi30k_dir(corpus, directory):
     """The recipe's input layout (``<split>.<lang>.gz``) from the test corpus (real or generated)."""
     directory.mkdir()
@@ -25,10 +31,10 @@ def raw_multi30k_dir(corpus, directory):
 
 def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_path):
     results = tmp_path / "results"
-    command = [sys.executable, str(REPO_ROOT / "examples" / "multi30k" / "run.py"),
+    command = [sys.executable, "-m", "examples.multi30k.run",
                "--profile", "ci", "--device", "cpu", "--results", str(results),
                "--data-dir", str(raw_multi30k_dir(multi30k_corpus, tmp_path / "raw"))]
-    first = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=900)
+    first = run_recipe(command, timeout=900)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     # each training stage reports its progress: the update against its budget and the loss
     assert re.search(r" {2}teacher\.train: update 12/12, valid loss [\d.]+ \(\d+s\)$",
@@ -63,21 +69,21 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     assert (results / "frontier.png").stat().st_size > 1000
 
     # resumable: a second run skips every stage (no command runs) and rewrites the same table
-    second = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=300)
+    second = run_recipe(command, timeout=300)
     assert second.returncode == 0 and "$ " not in second.stdout + second.stderr
     assert json.loads((results / "results.json").read_text())["rows"] == saved["rows"]
 
     # a stage interrupted after fairseq saved checkpoint_last.pt (no train.json yet) resumes
     # through fairseq's own restore, for the stock teacher too (torch >= 2.6 safe loading)
     (results / "teacher" / "train.json").unlink()
-    third = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=300)
+    third = run_recipe(command, timeout=300)
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
     assert "loaded checkpoint" in (results / "logs" / "teacher.train.log").read_text().lower()
 
     # sequence-level KD on the same results (the teacher is reused): the teacher translates every
     # training sentence, and a row and its same-size dense baseline train on gold + teacher output
-    seqkd = subprocess.run(command + ["--train-data", "both", "--rows", "distilled_8x", "dense_8x"],
-                           capture_output=True, text=True, env=fairseq_env(), timeout=900)
+    seqkd = run_recipe(command + ["--train-data", "both", "--rows", "distilled_8x", "dense_8x"],
+                       timeout=900)
     assert seqkd.returncode == 0, (seqkd.stdout + seqkd.stderr)[-3000:]
     sources = (results / "data" / "train.spm.de").read_text(encoding="utf-8").splitlines()
     translations = (results / "data" / "train.kd.en").read_text(encoding="utf-8").splitlines()
@@ -105,11 +111,11 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
 
 def test_ci_profile_in_the_other_direction_en_de(multi30k_corpus, tmp_path):
     results = tmp_path / "results"
-    command = [sys.executable, str(REPO_ROOT / "examples" / "multi30k" / "run.py"),
+    command = [sys.executable, "-m", "examples.multi30k.run",
                "--profile", "ci", "--device", "cpu", "--results", str(results),
                "--data-dir", str(raw_multi30k_dir(multi30k_corpus, tmp_path / "raw")),
                "--source-lang", "en", "--target-lang", "de", "--rows", "distilled_8x"]
-    result = subprocess.run(command, capture_output=True, text=True, env=fairseq_env(), timeout=900)
+    result = run_recipe(command, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert sorted(p.name for p in (results / "data-bin").glob("train.*.bin")) == [
         "train.en-de.de.bin", "train.en-de.en.bin"]
@@ -126,8 +132,7 @@ def test_ci_profile_in_the_other_direction_en_de(multi30k_corpus, tmp_path):
 
     # the directory now holds en→de data: a de→en run on it is refused, nothing is touched
     before = sorted(p.name for p in results.rglob("*"))
-    refused = subprocess.run(command[:-6] + ["--rows", "distilled_8x"], capture_output=True,
-                             text=True, env=fairseq_env(), timeout=300)
+    refused = run_recipe(command[:-6] + ["--rows", "distilled_8x"], timeout=300)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
         f"error: {results} was prepared for en→de; pass another --results for de→en")
     assert sorted(p.name for p in results.rglob("*")) == before
