@@ -28,7 +28,7 @@ COLUMNS = (
 )
 
 
-def _cell(key, value):
+def cell(key, value):
     if value is None:
         return "–"
     if key.endswith("_bytes"):
@@ -64,7 +64,7 @@ def markdown_table(rows: Dict[str, Dict]) -> str:
              "|" + "---|" * len(COLUMNS)]
     for name, row in rows.items():
         values = {**row, "row": name}
-        lines.append("| " + " | ".join(_cell(key, values.get(key)) for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(key, values.get(key)) for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 

@@ -100,24 +100,11 @@ PROFILES = {
     ),
 }
 
-# Each row: the student's flags on top of the profile's.
-ROW_FLAGS: Dict[str, Dict] = {  # the same student rows as the translation recipe
-    name: recipe.ROW_FLAGS[name]
-    for name in ("svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
-                 "distilled_16x", "distilled_output_kd_8x")
-}
-ROW_DESCRIPTIONS = {
-    "teacher": "dense teacher (stock transformer_lm_gpt shape, tied embedding)",
-    "smaller_dim": "smaller-dim dense, same total params as the 8x student, from scratch",
-    "teacher_continued": "the teacher trained on with the students' schedule and budget (the "
-                         "honest reference: what the students' extra updates buy a dense model)",
-    "svd_linear_8x": "truncated-SVD linear factorization 8x, fine-tuned without KD",
-    "distilled_no_kd_8x": "Distilled Embedding 8x without embedding KD (β=0)",
-    "distilled_4x": "Distilled Embedding 4x (full method)",
-    "distilled_8x": "Distilled Embedding 8x (full method)",
-    "distilled_16x": "Distilled Embedding 16x (full method)",
-    "distilled_output_kd_8x": "Distilled Embedding 8x + output KD (α=0.5, T=2; beyond the paper)",
-}
+# The translation recipe's row declarations, plus the dense LM of the 8x student's total size.
+ROWS = {**{name: recipe.ROWS[name] for name in ALL_ROWS if name in recipe.ROWS},
+        "smaller_dim": recipe.Row("smaller_dim", "smaller-dim dense, same total params as the 8x "
+                                  "student, from scratch", kind="dense", compression=8)}
+TEACHER_DESCRIPTION = "dense teacher (stock transformer_lm_gpt shape, tied embedding)"
 COLUMNS = (
     ("row", "row"),
     ("description", "what"),
@@ -186,14 +173,14 @@ def teacher_flags(profile: Profile, args, dim: Optional[int] = None) -> List[str
 
 
 def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
-    spec = ROW_FLAGS[row]
+    spec = ROWS[row]
     return (["--user-dir", str(PLUGIN), "--task", "language_modeling_reconstruction_init",
              "--teacher-path", str(teacher), "--arch", "distilled_transformer_lm_gpt",
-             "--embedding-compression", str(spec["compression"]),
+             "--embedding-compression", str(spec.compression),
              "--criterion", "label_smoothed_cross_entropy_with_distillation",
              "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)]
             + SENTENCES + arch_flags(profile.dim, profile.layers, profile.heads) + COMMON_TRAIN
-            + profile.student_train + spec["flags"] + device_flags(args.use_gpu, args.fp16))
+            + profile.student_train + list(spec.flags) + device_flags(args.use_gpu, args.fp16))
 
 
 def dense_lm_params(vocab: int, dim: int, layers: int) -> int:
@@ -264,25 +251,26 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
     vocab, dim = dictionary_size(data_bin), profile.dim
     for row in args.rows or profile.rows:
         save_dir = results / "rows" / row
-        if row == "smaller_dim":
-            rank = factorization.rank_for_compression(vocab, dim, 8)
+        spec = ROWS[row]
+        if spec.kind == "dense":
+            rank = factorization.rank_for_compression(vocab, dim, spec.compression)
             target = (teacher_summary["total_params"] - vocab * dim
                       + factorization.factorized_embedding_params(vocab, dim, rank))
             width = matching_dense_width(vocab, profile.layers, profile.heads, target)
             flags = teacher_flags(profile, args, dim=width)
-        elif row == "teacher_continued":
+        elif spec.kind == "continued":
             flags = (teacher_flags(profile, args) + profile.student_train
                      + ["--finetune-from-model", str(teacher_ckpt)])
         else:
             flags = student_flags(row, profile, args, teacher_ckpt)
         summary = train(data_bin, save_dir, flags, row, results)
-        if row == "smaller_dim":
+        if spec.kind == "dense":
             summary["embedding_params"] = vocab * width
-        if row == "teacher_continued":
+        if spec.kind == "continued":
             summary["embedding_params"] = vocab * dim
         scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
                           profile, row)
-        rows[row] = {**summary, **scores, "description": ROW_DESCRIPTIONS[row]}
+        rows[row] = {**summary, **scores, "description": ROWS[row].description}
     return rows
 
 
@@ -295,7 +283,7 @@ def markdown_table(rows: Dict[str, Dict]) -> str:
              "|" + "---|" * len(COLUMNS)]
     for name, row in rows.items():
         values = {**row, "row": name}
-        lines.append("| " + " | ".join(report._cell(key, values.get(key)) for key, _ in COLUMNS)
+        lines.append("| " + " | ".join(report.cell(key, values.get(key)) for key, _ in COLUMNS)
                      + " |")
     return "\n".join(lines)
 
@@ -354,7 +342,7 @@ def main(argv=None):
     vocab = dictionary_size(data_bin)
     rows = {"teacher": {**teacher_summary, **teacher_scores,
                         "embedding_params": vocab * profile.dim,
-                        "description": ROW_DESCRIPTIONS["teacher"]}}
+                        "description": TEACHER_DESCRIPTION}}
     rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))
     test_sentences = sum(1 for _ in open(results / "data" / "test.raw.en", encoding="utf-8"))
     meta = {"profile": args.profile, "notes": profile.notes, "vocab": vocab, "dim": profile.dim,

@@ -17,9 +17,9 @@ checkout, imported by name; nothing edits ``sys.path``).
 import argparse
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from benchmarks import report
 from examples.multi30k.stages import (  # noqa: F401  (the stages, also for other scripts)
@@ -70,20 +70,61 @@ MODEL_128 = [
     "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim",
     "512", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.1",
 ]
-# The dense family: for each compression, a stock transformer whose width gives the compressed
-# row's total parameter count, trained from scratch with the teacher's recipe.
-DENSE_ROWS = {"dense_4x": 4, "dense_8x": 8, "dense_16x": 16, "dense_32x": 32}
-ALL_ROWS = [
-    "teacher_continued", "svd_linear_8x", "random_init_8x", "distilled_no_kd_8x", "distilled_linear_8x",
-    "distilled_4x", "distilled_8x", "distilled_16x", "distilled_32x", "distilled_output_kd_8x",
-    "tensor_train_8x", "svd_linear_16x", "tensor_train_16x", *DENSE_ROWS,
-]
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row. ``kind``: ``student`` (a compressed student of the teacher:
+    ``compression`` and its ``flags`` on top of the profile's student flags), ``dense`` (a stock
+    transformer as wide as gives the ``compression``x student's total parameters, from scratch
+    with the teacher's recipe) or ``continued`` (the teacher trained on with the students'
+    schedule and budget)."""
+
+    name: str
+    description: str
+    kind: str = "student"
+    compression: float = 0
+    flags: Tuple[str, ...] = ()
+
+
+SVD_LINEAR = ("--embedding-init", "svd", "--embedding-activation", "linear",
+              "--embedding-distill-weight", "0")
+TENSOR_TRAIN = ("--embedding-factorization", "tensor-train")
+ROWS: Dict[str, Row] = {row.name: row for row in [
+    Row("teacher_continued", "the dense teacher trained on with the students' schedule and budget "
+        "(the reference for what compression costs)", kind="continued"),
+    Row("svd_linear_8x", "truncated-SVD linear factorization 8x, fine-tuned without KD",
+        compression=8, flags=SVD_LINEAR),
+    Row("random_init_8x", "ReLU factorization 8x from random init (+ embedding KD)",
+        compression=8, flags=("--embedding-init", "random")),
+    Row("distilled_no_kd_8x", "Distilled Embedding 8x without KD (β=0)", compression=8,
+        flags=("--embedding-distill-weight", "0")),
+    Row("distilled_linear_8x", "Distilled Embedding 8x with linear f", compression=8,
+        flags=("--embedding-activation", "linear")),
+    *[Row(f"distilled_{ratio}x", f"Distilled Embedding {ratio}x (full method)", compression=ratio)
+      for ratio in (4, 8, 16, 32)],
+    Row("distilled_output_kd_8x", "Distilled Embedding 8x + output KD (α=0.5, T=2; beyond the "
+        "paper)", compression=8, flags=("--kd-alpha", "0.5", "--kd-temperature", "2")),
+    Row("tensor_train_8x", "tensor-train embedding (tensorly-torch), same budget, from the "
+        "teacher's TT-SVD (+ embedding KD)", compression=8, flags=TENSOR_TRAIN),
+    Row("svd_linear_16x", "truncated-SVD linear factorization 16x, fine-tuned without KD",
+        compression=16, flags=SVD_LINEAR),
+    Row("tensor_train_16x", "tensor-train embedding 16x, from the teacher's TT-SVD (+ embedding "
+        "KD)", compression=16, flags=TENSOR_TRAIN),
+    *[Row(f"dense_{ratio}x", f"dense transformer, same total params as the {ratio}x student "
+          "(narrower d), from scratch with the teacher's recipe", kind="dense", compression=ratio)
+      for ratio in (4, 8, 16, 32)],
+]}
+ALL_ROWS = list(ROWS)
+TEACHER_DESCRIPTION = "dense teacher (stock transformer)"
+
+
 # What a row trains on: the gold targets, the teacher's beam output (sequence-level KD [C]) or both.
 TRAINING_DATA = ("gold", "teacher", "both")
 #: Multi30k task 1's languages (train, val and test_2016_flickr exist for each)
 LANGUAGES = ("de", "en", "fr", "cs")
 #: the direction of the shipped demo teacher (examples/multi30k/demo_teacher)
 SHIPPED_PAIR = ("de", "en")
+
+
 def cosine_fine_tuning(peak_lr: float, updates: int) -> List[str]:
     """The students' schedule chosen on valid (benchmarks/schedule_sweep.py, demo shape): 50
     warm-up updates to a peak of 1.5x the teacher's own peak, then one cosine half-period down to
@@ -138,46 +179,6 @@ PROFILES = {
     ),
 }
 
-# Each row: the student's flags on top of the profile's; "task" selects how it starts.
-ROW_FLAGS: Dict[str, Dict] = {
-    "svd_linear_8x": dict(compression=8, flags=["--embedding-init", "svd",
-                                                "--embedding-activation", "linear",
-                                                "--embedding-distill-weight", "0"]),
-    "random_init_8x": dict(compression=8, flags=["--embedding-init", "random"]),
-    "distilled_no_kd_8x": dict(compression=8, flags=["--embedding-distill-weight", "0"]),
-    "distilled_linear_8x": dict(compression=8, flags=["--embedding-activation", "linear"]),
-    "distilled_4x": dict(compression=4, flags=[]),
-    "distilled_8x": dict(compression=8, flags=[]),
-    "distilled_16x": dict(compression=16, flags=[]),
-    "distilled_32x": dict(compression=32, flags=[]),
-    "svd_linear_16x": dict(compression=16, flags=["--embedding-init", "svd",
-                                                  "--embedding-activation", "linear",
-                                                  "--embedding-distill-weight", "0"]),
-    "tensor_train_16x": dict(compression=16, flags=["--embedding-factorization", "tensor-train"]),
-    "distilled_output_kd_8x": dict(compression=8, flags=["--kd-alpha", "0.5",
-                                                         "--kd-temperature", "2"]),
-    "tensor_train_8x": dict(compression=8, flags=["--embedding-factorization", "tensor-train"]),
-}
-ROW_DESCRIPTIONS = {
-    "teacher": "dense teacher (stock transformer)",
-    "teacher_continued": "the dense teacher trained on with the students' schedule and budget "
-                         "(the reference for what compression costs)",
-    **{name: f"dense transformer, same total params as the {ratio}x student (narrower d), from "
-             "scratch with the teacher's recipe" for name, ratio in DENSE_ROWS.items()},
-    "svd_linear_8x": "truncated-SVD linear factorization 8x, fine-tuned without KD",
-    "random_init_8x": "ReLU factorization 8x from random init (+ embedding KD)",
-    "distilled_no_kd_8x": "Distilled Embedding 8x without KD (β=0)",
-    "distilled_linear_8x": "Distilled Embedding 8x with linear f",
-    "distilled_4x": "Distilled Embedding 4x (full method)",
-    "distilled_8x": "Distilled Embedding 8x (full method)",
-    "distilled_16x": "Distilled Embedding 16x (full method)",
-    "distilled_32x": "Distilled Embedding 32x (full method)",
-    "svd_linear_16x": "truncated-SVD linear factorization 16x, fine-tuned without KD",
-    "tensor_train_16x": "tensor-train embedding 16x, from the teacher's TT-SVD (+ embedding KD)",
-    "distilled_output_kd_8x": "Distilled Embedding 8x + output KD (α=0.5, T=2; beyond the paper)",
-    "tensor_train_8x": "tensor-train embedding (tensorly-torch), same budget, from the teacher's "
-                       "TT-SVD (+ embedding KD)",
-}
 
 
 def arch_settings(profile: Profile) -> Dict[str, str]:
@@ -197,13 +198,13 @@ def teacher_flags(profile: Profile, args, arch: Optional[List[str]] = None) -> L
 
 
 def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
-    spec = ROW_FLAGS[row]
+    spec = ROWS[row]
     return (["--user-dir", str(PLUGIN), "--arch", "distilled_transformer", "--share-all-embeddings",
              "--task", "translation_reconstruction_init", "--teacher-path", str(teacher),
-             "--embedding-compression", str(spec["compression"]),
+             "--embedding-compression", str(spec.compression),
              "--criterion", "label_smoothed_cross_entropy_with_distillation",
              "--max-tokens", str(profile.max_tokens)]
-            + profile.teacher_arch + COMMON_TRAIN + profile.student_train + spec["flags"]
+            + profile.teacher_arch + COMMON_TRAIN + profile.student_train + list(spec.flags)
             + device_flags(args.use_gpu, args.fp16))
 
 
@@ -254,24 +255,25 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
     for row in profile.rows if args.rows is None else args.rows:
         name = row if args.train_data == "gold" else f"{row}+{args.train_data}"
         save_dir = results / "rows" / name
-        if row in DENSE_ROWS:
+        spec = ROWS[row]
+        if spec.kind == "dense":
             target = dense_target_params(teacher_summary["total_params"], vocab, dim,
-                                         DENSE_ROWS[row])
+                                         spec.compression)
             flags = dense_flags(profile, args, vocab, target)
-        elif row == "teacher_continued":
+        elif spec.kind == "continued":
             flags = (teacher_flags(profile, args) + profile.student_train
                      + ["--finetune-from-model", str(teacher_ckpt)])
         else:
             flags = student_flags(row, profile, args, teacher_ckpt)
         summary = train(row_data, save_dir, flags, name, results)
-        if row in DENSE_ROWS or row == "teacher_continued":
+        if spec.kind != "student":
             summary["embedding_params"] = vocab * int(flags[flags.index("--encoder-embed-dim") + 1])
         checkpoint = save_dir / "checkpoint_best.pt"
         scores = evaluate(data_bin, checkpoint, save_dir, results, args, profile, name)
-        description = ROW_DESCRIPTIONS[row] + ("" if args.train_data == "gold" else
+        description = spec.description + ("" if args.train_data == "gold" else
                                               f"; trained on {args.train_data} data (seq-KD)")
         rows[name] = {**summary, **scores, "description": description,
-                      "from_teacher": row not in DENSE_ROWS,
+                      "from_teacher": spec.kind != "dense",
                       "exported_bytes": export_size(checkpoint, save_dir, results, name)}
     return rows
 
@@ -333,7 +335,7 @@ def main(argv=None):
     vocab = dictionary_size(data_bin)
     dim = int(arch_settings(profile)["--encoder-embed-dim"])
     rows = {"teacher": {**teacher_summary, **teacher_scores, "embedding_params": vocab * dim,
-                        "description": ROW_DESCRIPTIONS["teacher"],
+                        "description": TEACHER_DESCRIPTION,
                         "exported_bytes": export_size(teacher_ckpt, teacher_dir, results,
                                                       "teacher")}}
     rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))

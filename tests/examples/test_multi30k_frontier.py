@@ -55,7 +55,7 @@ def test_dense_row_matches_its_compressed_rows_total_parameters(
     teacher_total = built_params(joined_dictionary, recipe.teacher_flags(profile, Args))
     vocab = recipe.dictionary_size(joined_dictionary)
     dim = int(recipe.arch_settings(profile)["--encoder-embed-dim"])
-    compression = recipe.DENSE_ROWS[row]
+    compression = recipe.ROWS[row].compression
     student = strip_training_only(
         recipe.student_flags(f"distilled_{compression}x", profile, Args, "unused.pt"))
     student_total = built_params(joined_dictionary, student)
