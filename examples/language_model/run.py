@@ -105,6 +105,10 @@ ROWS = {**{name: recipe.ROWS[name] for name in ALL_ROWS if name in recipe.ROWS},
         "smaller_dim": recipe.Row("smaller_dim", "smaller-dim dense, same total params as the 8x "
                                   "student, from scratch", kind="dense", compression=8)}
 TEACHER_DESCRIPTION = "dense teacher (stock transformer_lm_gpt shape, tied embedding)"
+# β of the embedding-distillation term, chosen on valid perplexity for the LM students
+# (benchmarks/results/schedule-sweep-lm-demo/: β 0 / 0.1 / 1 -> 34.94 / 35.07 / 36.29 at 300
+# updates); a row's own flags still override it
+STUDENT_BETA = ["--embedding-distill-weight", "0"]
 COLUMNS = (
     ("row", "row"),
     ("description", "what"),
@@ -180,7 +184,8 @@ def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
              "--criterion", "label_smoothed_cross_entropy_with_distillation",
              "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)]
             + SENTENCES + arch_flags(profile.dim, profile.layers, profile.heads) + COMMON_TRAIN
-            + profile.student_train + list(spec.flags) + device_flags(args.use_gpu, args.fp16))
+            + profile.student_train + STUDENT_BETA + list(spec.flags)
+            + device_flags(args.use_gpu, args.fp16))
 
 
 def dense_lm_params(vocab: int, dim: int, layers: int) -> int:
