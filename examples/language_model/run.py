@@ -83,7 +83,7 @@ PROFILES = {
         rows=MAIN_ROWS,
         notes="Demo profile: teacher d=128, 2 layers, FFN 512, 300 updates of ≤4,096 tokens "
         "(about 3 epochs of the 29k English training captions, sentencepiece 4k); 300 "
-        "fine-tuning updates per student (cosine from 3e-3, chosen on valid); the smaller-dim "
+        "fine-tuning updates per student (cosine from 3e-3, β=0: chosen on valid); the smaller-dim "
         "dense model gets the teacher's 300 updates from scratch, the continued teacher the "
         "students' 300. Sized for a few minutes of 2 idle CPU cores: the teacher is far from "
         "converged.",

@@ -234,33 +234,19 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     output = run([fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags,
                  results / "logs" / f"{log_name}.train.log")
     summary = parse_train_log(output)
+    if (save_dir / "reconstruction.json").exists():  # a student: what the task wrote at its start
+        summary.update(start_figures(json.loads((save_dir / "reconstruction.json").read_text())))
     summary["train_seconds"] = round(time.perf_counter() - started, 1)
     write_json(done, summary)
     return summary
 
 
 def parse_train_log(output: str) -> Dict:
-    """Parameter counts, reconstruction time/error, final train wps from a fairseq-train log."""
+    """Parameter count, best valid loss, final train wps and updates from fairseq's own lines."""
     summary = {}
     dense = re.search(r"num\. shared model params: ([\d,]+)", output)
     if dense:
         summary["total_params"] = int(dense.group(1).replace(",", ""))
-    factorized = re.search(r"factorized params ([\d,]+) .*?total model params ([\d,]+)", output)
-    if factorized:
-        summary["embedding_params"] = int(factorized.group(1).replace(",", ""))
-        summary["total_params"] = int(factorized.group(2).replace(",", ""))
-    recon = re.search(r"reconstruction done in (\d+) steps, ([\d.]+)s", output)
-    if recon:
-        summary["reconstruction_seconds"] = float(recon.group(2))
-    errors = re.search(r"relative Frobenius error ([\d.]+) \| rank-\d+ SVD ([\d.]+) \| "
-                       r"rank-\d+ SVD ([\d.]+)", output)
-    tensor_train = re.search(r"tensor-train rank \d+ .*relative Frobenius error ([\d.]+)", output)
-    if tensor_train:
-        summary["reconstruction_error"] = float(tensor_train.group(1))
-    if errors:
-        summary["reconstruction_error"] = float(errors.group(1))
-        summary["svd_error_rank_r"] = float(errors.group(2))
-        summary["svd_error_rank_r_minus_1"] = float(errors.group(3))
     valid_losses = re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", output)
     if valid_losses:
         summary["best_valid_loss"] = min(float(loss) for loss in valid_losses)
@@ -270,6 +256,20 @@ def parse_train_log(output: str) -> Dict:
     updates = re.findall(r"num_updates[ =](\d+)", output)
     if updates:
         summary["updates"] = int(updates[-1])
+    return summary
+
+
+def start_figures(figures: Dict) -> Dict:
+    """The table's columns from a student's ``reconstruction.json`` (its first embedding: the
+    shared one)."""
+    start = next(iter(figures["embeddings"].values()))
+    summary = {"total_params": figures["total_params"], "embedding_params": start["params"],
+               "reconstruction_error": round(start["relative_error"], 4)}
+    for key in ("svd_error_rank_r", "svd_error_rank_r_minus_1"):
+        if key in start:
+            summary[key] = round(start[key], 4)
+    if "seconds" in start:
+        summary["reconstruction_seconds"] = start["seconds"]
     return summary
 
 

@@ -83,8 +83,10 @@ class CompressedEmbedding(nn.Module):
         """The size knob as the training log and ``stats`` print it, e.g. ``rank=15``."""
         raise NotImplementedError
 
-    def initialize_from(self, target: torch.Tensor, init: TeacherInit, name: str) -> None:
-        """Start from the teacher's dense E (``target``, V×d) and log how close the start is."""
+    def initialize_from(self, target: torch.Tensor, init: TeacherInit, name: str) -> Dict:
+        """Start from the teacher's dense E (``target``, V×d), log how close the start is and
+        return the figures (at least ``relative_error``: ‖start − E‖_F / ‖E‖_F) that the task
+        writes to ``reconstruction.json`` beside the checkpoints."""
         raise NotImplementedError
 
     # --------------------------------------------- a saved model state (export, stats), unbuilt

@@ -118,11 +118,13 @@ class FactorizedEmbedding(CompressedEmbedding):
         are the ablations. Logs the start's error against the rank-r and rank-(r-1) SVDs."""
         rank, activation, log = self.rank, self.activation, init.log
         svd_error, svd_error_below = factorization.svd_relative_errors(target, [rank, rank - 1])
+        figures = {"method": init.method, "svd_error_rank_r": svd_error,
+                   "svd_error_rank_r_minus_1": svd_error_below}
         if init.method == "random":
-            log(f"{name}: random init (ablation); relative error "
-                f"{factorization.relative_error(target, self.materialize().detach()):.4f} vs "
-                f"rank-{rank} SVD {svd_error:.4f}")
-            return
+            error = factorization.relative_error(target, self.materialize().detach())
+            log(f"{name}: random init (ablation); relative error {error:.4f} vs rank-{rank} SVD "
+                f"{svd_error:.4f}")
+            return {**figures, "relative_error": error}
         if init.method == "svd":
             u, w = factorization.initial_factors(target, rank, activation, "svd")
         else:
@@ -133,6 +135,8 @@ class FactorizedEmbedding(CompressedEmbedding):
                     f"{name}: reconstruction step {step} relative error {error:.4f}"),
             )
             u, w = result.U.cpu(), result.W.cpu()
+            figures.update(steps=result.steps, seconds=round(result.seconds, 2),
+                           start_relative_error=result.start_relative_error)
             log(f"{name}: reconstruction done in {result.steps} steps, {result.seconds:.1f}s "
                 f"(start {result.start_relative_error:.4f})")
         self.load_factors(u, w)
@@ -144,6 +148,7 @@ class FactorizedEmbedding(CompressedEmbedding):
             init.warn(f"--embedding-init svd with --embedding-activation {activation}: f(U) "
                       "changes the SVD factors (use --embedding-activation linear for the linear "
                       "SVD baseline)")
+        return {**figures, "relative_error": error}
 
     def extra_repr(self):
         return (

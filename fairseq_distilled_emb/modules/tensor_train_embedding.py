@@ -192,6 +192,7 @@ class TensorTrainEmbedding(CompressedEmbedding):
             f"params), {'random init' if init.method == 'random' else 'TT-SVD of the teacher'}: "
             f"relative Frobenius error {error:.4f}"
         )
+        return {"method": init.method, "relative_error": error}
 
     def extra_repr(self):
         shape = self.tensor_train.tensor_shape

@@ -18,6 +18,7 @@ trainer restores the student's weights right after.
 """
 
 import functools
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class ReconstructionInitConfig:
     # Read from the rest of the configuration, not set by the user.
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
+    no_save: bool = II("checkpoint.no_save")
     cpu: bool = II("common.cpu")
 
 
@@ -196,19 +198,36 @@ class ReconstructionInitMixin:
         return pairs
 
     def _initialise_student(self, student, teacher, student_embeddings):
+        init = TeacherInit(
+            method=str(self.cfg.embedding_init), steps=self.cfg.reconstruction_steps,
+            lr=self.cfg.reconstruction_lr, min_improvement=self.cfg.reconstruction_min_improvement,
+            device=self._reconstruction_device(), log=logger.info, warn=logger.warning)
+        figures = {}
         for name, embedding in student_embeddings.items():
-            self._initialise_embedding(name, embedding, self.teacher_embeddings[name])
+            start = embedding.initialize_from(self.teacher_embeddings[name], init, name)
+            figures[name] = {"kind": embedding.kind, "size": embedding.size_description(),
+                             "params": embedding.num_compressed_params(), **start}
         copied, skipped = _copy_non_embedding_weights(student, teacher)
         logger.info(
             f"copied {copied} non-embedding parameter tensors from the teacher; not copied "
             f"(replaced by the factorization): {', '.join(skipped) or 'none'}"
         )
+        self._write_figures(student, figures)
 
-    def _initialise_embedding(self, name, embedding, target):
-        embedding.initialize_from(target, TeacherInit(
-            method=self.cfg.embedding_init, steps=self.cfg.reconstruction_steps,
-            lr=self.cfg.reconstruction_lr, min_improvement=self.cfg.reconstruction_min_improvement,
-            device=self._reconstruction_device(), log=logger.info, warn=logger.warning), name)
+    def _write_figures(self, student, embeddings):
+        """``<save-dir>/reconstruction.json``: the student's size and each embedding's start from
+        the teacher, for scripts (the recipe's table) that would otherwise parse the log."""
+        if getattr(self.cfg, "no_save", False):
+            return
+        os.makedirs(self.cfg.save_dir, exist_ok=True)
+        path = os.path.join(self.cfg.save_dir, "reconstruction.json")
+        payload = {"teacher_path": self.cfg.teacher_path,
+                   "total_params": sum(p.numel() for p in student.parameters()),
+                   "embeddings": embeddings}
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        os.replace(temporary, path)
 
     def _reconstruction_device(self):
         if torch.cuda.is_available() and not self.cfg.cpu:

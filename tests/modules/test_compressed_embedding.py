@@ -7,6 +7,7 @@ size line in the log), ``export --fp16`` and ``--dense`` (the dense export decod
 fairseq exactly as the student does) and ``stats``.
 """
 
+import json
 import subprocess
 import sys
 
@@ -58,6 +59,7 @@ class BucketEmbedding(CompressedEmbedding):
         counts = torch.bincount(self.bucket_of, minlength=len(self.buckets)).clamp_min(1)
         self.buckets.copy_(sums / counts.unsqueeze(1))
         init.log(f"{name}: bucket means of the teacher's rows")
+        return {"relative_error": ((self.materialize() - target).norm() / target.norm()).item()}
 
     @classmethod
     def owns_key(cls, key):
@@ -102,6 +104,10 @@ def test_a_toy_kind_registered_in_its_own_file_runs_through_the_stock_tools(
            f"{vocab * 64:,} | factorized params {50 * 64:,}" in log
     assert "encoder.embed_tokens: bucket means of the teacher's rows" in log
     assert "done training" in log and (save_dir / "checkpoint_last.pt").exists()
+    start = json.loads((save_dir / "reconstruction.json").read_text())["embeddings"]
+    assert list(start) == ["encoder.embed_tokens"] and start["encoder.embed_tokens"]["kind"] == \
+        "toy-buckets" and start["encoder.embed_tokens"]["params"] == 50 * 64
+    assert 0 < start["encoder.embed_tokens"]["relative_error"] < 1  # bucket means beat zeros
 
     student = save_dir / "checkpoint_last.pt"
     exports = {name: tmp_path / f"{name}.pt" for name in ("fp16", "dense")}

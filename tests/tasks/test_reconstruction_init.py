@@ -1,5 +1,6 @@
 """translation_reconstruction_init: teacher validation, reconstruction init, weight copy, resume."""
 
+import json
 import re
 import shutil
 
@@ -55,6 +56,17 @@ def test_train_log_reports_reconstruction_against_both_svd_errors(data_bin, tiny
     assert float(svd_r) - 1e-4 <= float(error) <= float(svd_below) + 1e-4
     assert "reconstruction step" in log
     assert re.search(r"copied \d+ non-embedding parameter tensors from the teacher", log)
+    # the same figures, for scripts, beside the checkpoints
+    figures = json.loads((tmp_path / "reconstruction.json").read_text())
+    vocab = 4 + sum(1 for _ in open(data_bin / "dict.de.txt", encoding="utf-8"))
+    assert list(figures["embeddings"]) == ["encoder.embed_tokens"]  # shared: one factorization
+    start = figures["embeddings"]["encoder.embed_tokens"]
+    assert start["kind"] == "low-rank" and start["size"] == f"rank={rank}"
+    assert start["params"] == int(rank) * (vocab + 64) and start["method"] == "reconstruct"
+    assert (f"{start['relative_error']:.4f}", f"{start['svd_error_rank_r']:.4f}",
+            f"{start['svd_error_rank_r_minus_1']:.4f}") == (error, svd_r, svd_below)
+    total = re.search(r"total model params ([\d,]+)", log).group(1)
+    assert f"{figures['total_params']:,}" == total
 
 
 # ----------------------------------------------------------------------------- weight copy
