@@ -110,33 +110,6 @@ def resolve_rank(
     return validate_rank(num_embeddings, embedding_dim, int(rank))
 
 
-def dense_transformer_params(vocab: int, dim: int, ffn: int, encoder_layers: int,
-                             decoder_layers: int) -> int:
-    """Parameters of fairseq's post-norm ``transformer`` with --share-all-embeddings.
-
-    Sinusoidal positions have no parameters; each encoder layer holds self-attention (4 d×d + bias),
-    two LayerNorms and the FFN; each decoder layer adds encoder attention and a third LayerNorm.
-    """
-    encoder_layer = 4 * (dim * dim + dim) + 2 * 2 * dim + 2 * dim * ffn + ffn + dim
-    decoder_layer = 8 * (dim * dim + dim) + 3 * 2 * dim + 2 * dim * ffn + ffn + dim
-    return vocab * dim + encoder_layers * encoder_layer + decoder_layers * decoder_layer
-
-
-def matching_dense_shape(vocab: int, layers: Tuple[int, int], heads: int,
-                         target_params: int) -> Tuple[int, int]:
-    """(width, FFN width) of a dense model with ``target_params`` parameters: the width (a multiple
-    of 2·heads) whose 4× FFN model comes closest, then the FFN width that closes the rest of the gap
-    (one FFN unit is ~2·d parameters per layer, so the match is within a few hundred)."""
-    step = 2 * heads
-    dim = min(
-        range(step, 4096, step),
-        key=lambda d: abs(dense_transformer_params(vocab, d, 4 * d, *layers) - target_params),
-    )
-    without_ffn = dense_transformer_params(vocab, dim, 0, *layers)
-    per_ffn_unit = dense_transformer_params(vocab, dim, 1, *layers) - without_ffn
-    return dim, max(1, round((target_params - without_ffn) / per_ffn_unit))
-
-
 # ----------------------------------------------------------------------------- initial factors
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from benchmarks import report
+from examples import dense_size
 from examples.multi30k import run as recipe  # the translation recipe's stages, imported
 from fairseq_distilled_emb import factorization
 
@@ -188,20 +189,6 @@ def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
             + device_flags(args.use_gpu, args.fp16))
 
 
-def dense_lm_params(vocab: int, dim: int, layers: int) -> int:
-    """Parameters of a tied, pre-norm fairseq transformer_lm (FFN 4·d, final LayerNorm,
-    sinusoidal positions): V·d + per layer attention 4(d²+d), FFN 8d²+5d, two LayerNorms 4d."""
-    ffn = 4 * dim
-    layer = 4 * (dim * dim + dim) + 2 * dim * ffn + ffn + dim + 4 * dim
-    return vocab * dim + layers * layer + 2 * dim
-
-
-def matching_dense_width(vocab: int, layers: int, heads: int, target_params: int) -> int:
-    """The width (a multiple of 2·heads) of a dense LM closest to ``target_params``."""
-    return min(range(2 * heads, 4096, 2 * heads),
-               key=lambda dim: abs(dense_lm_params(vocab, dim, layers) - target_params))
-
-
 _EVAL_LM = re.compile(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)")
 _EVAL_SPEED = re.compile(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tokens/s\)")
 
@@ -261,7 +248,7 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
             rank = factorization.rank_for_compression(vocab, dim, spec.compression)
             target = (teacher_summary["total_params"] - vocab * dim
                       + factorization.factorized_embedding_params(vocab, dim, rank))
-            width = matching_dense_width(vocab, profile.layers, profile.heads, target)
+            width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
             flags = teacher_flags(profile, args, dim=width)
         elif spec.kind == "continued":
             flags = (teacher_flags(profile, args) + profile.student_train

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from benchmarks import report
+from examples import dense_size
 from examples.multi30k.stages import (  # noqa: F401  (the stages, also for other scripts)
     REPO,
     PLUGIN,
@@ -214,7 +215,7 @@ def dense_flags(profile: Profile, args, vocab: int, target_params: int) -> List[
     arch = arch_settings(profile)
     layers = int(arch["--encoder-layers"]), int(arch["--decoder-layers"])
     heads = int(arch["--encoder-attention-heads"])
-    dim, ffn = factorization.matching_dense_shape(vocab, layers, heads, target_params)
+    dim, ffn = dense_size.matching_transformer_shape(vocab, layers, heads, target_params)
     arch.update({"--encoder-embed-dim": dim, "--decoder-embed-dim": dim,
                  "--encoder-ffn-embed-dim": ffn, "--decoder-ffn-embed-dim": ffn})
     return teacher_flags(profile, args, [str(item) for pair in arch.items() for item in pair])
