@@ -234,6 +234,11 @@ def build_student_from_teacher(data_bin, teacher_path, save_dir, *flags,
     return args, task, model
 
 
+def dictionary_size(data_bin, name: str = "dict.de.txt") -> int:
+    """Symbols of a fairseq dictionary file: 4 specials + one per line (the model's V)."""
+    return 4 + sum(1 for _ in open(Path(data_bin) / name, encoding="utf-8"))
+
+
 def first_batch(task, split: str = "valid", max_sentences: int = 16):
     """One real batch of ``split`` (loaded through the task, as fairseq-train would)."""
     task.load_dataset(split)

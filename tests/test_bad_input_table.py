@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers import PLUGIN_DIR, REPO_ROOT, combined_output, console_script, fairseq_env
-from helpers import student_train_args
+from helpers import dictionary_size, student_train_args
 
 DIM, TEACHER_LAYERS = 64, 2  # transformer_tiny, the shape of the tiny_teacher fixture
 
@@ -49,10 +49,6 @@ def as_pattern(documented: str) -> re.Pattern:
 
 def digest(*paths):
     return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
-
-
-def vocabulary_size(data_bin):
-    return 4 + sum(1 for _ in open(data_bin / "dict.de.txt", encoding="utf-8"))
 
 
 class Case:
@@ -141,7 +137,7 @@ def truncated_vocabulary(state):
 
 
 def rank_64(c):
-    vocab = vocabulary_size(c.data_bin)
+    vocab = dictionary_size(c.data_bin)
     largest = (vocab * DIM - 1) // (vocab + DIM)
     return c.train_plain("--share-all-embeddings", "--embedding-rank", "64"), TRAIN + (
         f"--embedding-rank 64 would not compress an embedding of V={vocab}, d={DIM}: r·(V+d) = "
@@ -160,7 +156,8 @@ def non_fairseq_teacher(c):
 
 
 def other_dictionary_size(c):
-    path, vocab = c.teacher_variant("small-vocab.pt", truncated_vocabulary), vocabulary_size(c.data_bin)
+    path = c.teacher_variant("small-vocab.pt", truncated_vocabulary)
+    vocab = dictionary_size(c.data_bin)
     return c.train(teacher=path), TRAIN + (
         f"--teacher-path {path} has a {vocab - 8}-symbol dictionary but the data ({c.data_bin}) "
         f"has {vocab}: binarize the student's data with the teacher's dictionary "

@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from helpers import combined_output, fairseq_env, hypotheses, run_fairseq, student_train_args
+from helpers import combined_output, dictionary_size, fairseq_env, hypotheses, run_fairseq
+from helpers import student_train_args
 
 TOY_KIND = '''
 """A toy compressed embedding: token t's row is bucket t mod K (K rows of d parameters)."""
@@ -99,7 +100,7 @@ def test_a_toy_kind_registered_in_its_own_file_runs_through_the_stock_tools(
     train = with_toy(tmp_path, "fairseq_cli.train:cli_main", *flags,
                      "--embedding-factorization", "toy-buckets", "--embedding-rank", "50")
     log = combined_output(train)
-    vocab = 4 + sum(1 for _ in open(data_bin / "dict.de.txt", encoding="utf-8"))
+    vocab = dictionary_size(data_bin)
     assert f"factorized embedding: V={vocab} d=64 buckets=50 | dense embedding params " \
            f"{vocab * 64:,} | factorized params {50 * 64:,}" in log
     assert "encoder.embed_tokens: bucket means of the teacher's rows" in log

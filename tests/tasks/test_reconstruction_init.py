@@ -15,6 +15,7 @@ from helpers import (
     PLUGIN_DIR,
     build_student_from_teacher,
     combined_output,
+    dictionary_size,
     first_batch,
     parse_log_stats,
     run_fairseq,
@@ -58,7 +59,7 @@ def test_train_log_reports_reconstruction_against_both_svd_errors(data_bin, tiny
     assert re.search(r"copied \d+ non-embedding parameter tensors from the teacher", log)
     # the same figures, for scripts, beside the checkpoints
     figures = json.loads((tmp_path / "reconstruction.json").read_text())
-    vocab = 4 + sum(1 for _ in open(data_bin / "dict.de.txt", encoding="utf-8"))
+    vocab = dictionary_size(data_bin)
     assert list(figures["embeddings"]) == ["encoder.embed_tokens"]  # shared: one factorization
     start = figures["embeddings"]["encoder.embed_tokens"]
     assert start["kind"] == "low-rank" and start["size"] == f"rank={rank}"
