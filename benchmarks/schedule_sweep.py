@@ -70,11 +70,12 @@ def main():
     parser.add_argument("--embedding-first", type=int, nargs="+", default=[0])
     parser.add_argument("--train-data", nargs="+", default=["gold"], choices=["gold", "teacher", "both"])
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--no-fp16", dest="fp16", action="store_false",
+                        help="on GPU, train in fp32 (as the cpu profile does) instead of fp16")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     key = recipe.SCORE[0]
-    args.use_gpu, args.fp16, args.max_tokens, args.student_updates = (
-        args.device == "gpu", True, None, None)
+    args.use_gpu, args.max_tokens, args.student_updates = args.device == "gpu", None, None
     profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
     if args.recipe == "multi30k":  # the direction the results directory was prepared for
         args.source_lang, args.target_lang = recipe.language_pair(args.results)

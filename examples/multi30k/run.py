@@ -19,6 +19,7 @@ import logging
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 from benchmarks import report
@@ -246,37 +247,95 @@ def dictionary_size(data_bin: Path) -> int:
     return 4 + sum(1 for _ in open(dictionary, encoding="utf-8"))
 
 
-def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
-             teacher_summary: Dict) -> Dict[str, Dict]:
-    """Train, score, export each row; a row trained on teacher output is named ``<row>+<data>``."""
-    rows = {}
+def run_row(row: str, args, profile: Profile, results: Path, data_bin: Path, row_data: Path,
+            teacher_ckpt: Path) -> Dict:
+    """Train, score and export one row (a row trained on teacher output is named
+    ``<row>+<data>``). A dense row needs nothing of the teacher's: its size is matched to the
+    teacher's shape, so with ``--jobs`` it trains while the teacher does."""
     vocab = dictionary_size(data_bin)
-    dim = int(arch_settings(profile)["--encoder-embed-dim"])
-    row_data = training_data(args, profile, results, data_bin, teacher_ckpt, args.train_data)
-    for row in profile.rows if args.rows is None else args.rows:
-        name = row if args.train_data == "gold" else f"{row}+{args.train_data}"
-        save_dir = results / "rows" / name
-        spec = ROWS[row]
-        if spec.kind == "dense":
-            target = dense_target_params(teacher_summary["total_params"], vocab, dim,
-                                         spec.compression)
-            flags = dense_flags(profile, args, vocab, target)
-        elif spec.kind == "continued":
-            flags = (teacher_flags(profile, args) + profile.student_train
-                     + ["--finetune-from-model", str(teacher_ckpt)])
-        else:
-            flags = student_flags(row, profile, args, teacher_ckpt)
-        summary = train(row_data, save_dir, flags, name, results)
-        if spec.kind != "student":
-            summary["embedding_params"] = vocab * int(flags[flags.index("--encoder-embed-dim") + 1])
-        checkpoint = save_dir / "checkpoint_best.pt"
-        scores = evaluate(data_bin, checkpoint, save_dir, results, args, profile, name)
-        description = spec.description + ("" if args.train_data == "gold" else
-                                              f"; trained on {args.train_data} data (seq-KD)")
-        rows[name] = {**summary, **scores, "description": description,
-                      "from_teacher": spec.kind != "dense",
-                      "exported_bytes": export_size(checkpoint, save_dir, results, name)}
-    return rows
+    arch = arch_settings(profile)
+    dim = int(arch["--encoder-embed-dim"])
+    name = row if args.train_data == "gold" else f"{row}+{args.train_data}"
+    save_dir = results / "rows" / name
+    spec = ROWS[row]
+    if spec.kind == "dense":
+        teacher_total = dense_size.transformer_params(
+            vocab, dim, int(arch["--encoder-ffn-embed-dim"]), int(arch["--encoder-layers"]),
+            int(arch["--decoder-layers"]))
+        target = dense_target_params(teacher_total, vocab, dim, spec.compression)
+        flags = dense_flags(profile, args, vocab, target)
+    elif spec.kind == "continued":
+        flags = (teacher_flags(profile, args) + profile.student_train
+                 + ["--finetune-from-model", str(teacher_ckpt)])
+    else:
+        flags = student_flags(row, profile, args, teacher_ckpt)
+    summary = train(row_data, save_dir, flags, name, results)
+    if spec.kind != "student":
+        summary["embedding_params"] = vocab * int(flags[flags.index("--encoder-embed-dim") + 1])
+    checkpoint = save_dir / "checkpoint_best.pt"
+    scores = evaluate(data_bin, checkpoint, save_dir, results, args, profile, name)
+    description = spec.description + ("" if args.train_data == "gold" else
+                                      f"; trained on {args.train_data} data (seq-KD)")
+    return {**summary, **scores, "description": description, "from_teacher": spec.kind != "dense",
+            "exported_bytes": export_size(checkpoint, save_dir, results, name)}
+
+
+def row_name(row: str, args) -> str:
+    return row if args.train_data == "gold" else f"{row}+{args.train_data}"
+
+
+def run_all(args, profile: Profile, results: Path, data_bin: Path,
+            teacher_stage) -> Tuple[Dict[str, Dict], List[str]]:
+    """The teacher stage (``teacher_stage()`` → its table row), then every row, in order.
+
+    With ``--jobs N`` (a GPU has room for many of these small models at once) up to N stages run
+    at the same time: the dense rows start beside the teacher (they do not use it), the others as
+    soon as it is done. A failing row is reported and the others carry on; the run then ends with
+    an error listing the failed rows (returned second, after the finished rows' table rows). With
+    one job the order and fail-fast behaviour are the sequential recipe's."""
+    wanted = profile.rows if args.rows is None else args.rows
+    teacher_ckpt = results / "teacher" / "checkpoint_best.pt"
+    if args.jobs == 1:
+        rows = {"teacher": teacher_stage()}
+        row_data = training_data(args, profile, results, data_bin, teacher_ckpt, args.train_data)
+        for row in wanted:
+            rows[row_name(row, args)] = run_row(row, args, profile, results, data_bin, row_data,
+                                                teacher_ckpt)
+        return rows, []
+    early = [row for row in wanted if ROWS[row].kind == "dense" and args.train_data == "gold"]
+    futures = {}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures["teacher"] = pool.submit(teacher_stage)
+        for row in early:
+            futures[row] = pool.submit(run_row, row, args, profile, results, data_bin, data_bin,
+                                       teacher_ckpt)
+        failed = {}
+        try:
+            futures["teacher"].result()
+            row_data = training_data(args, profile, results, data_bin, teacher_ckpt,
+                                     args.train_data)
+            for row in wanted:
+                if row not in early:
+                    futures[row] = pool.submit(run_row, row, args, profile, results, data_bin,
+                                               row_data, teacher_ckpt)
+        except BaseException as error:  # noqa: B036 (SystemExit from a failed command)
+            failed["teacher"] = error
+        rows = {}
+        for row, future in futures.items():
+            try:
+                rows[row if row == "teacher" else row_name(row, args)] = future.result()
+            except BaseException as error:  # noqa: B036
+                logger.error(f"{row} failed: {str(error).splitlines()[0]}")
+                failed[row] = error
+    ordered = ["teacher"] + [row_name(row, args) for row in wanted]
+    return {name: rows[name] for name in ordered if name in rows}, list(failed)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of jobs")
+    return value
 
 
 def main(argv=None):
@@ -304,6 +363,10 @@ def main(argv=None):
     parser.add_argument("--max-tokens", type=int, help="override the profile's --max-tokens")
     parser.add_argument("--student-updates", type=int,
                         help="override the profile's fine-tuning updates per student row")
+    parser.add_argument("--jobs", type=positive_int, default=1,
+                        help="run up to N training/decoding stages at once (a GPU has room for "
+                        "several of these small models; the dense rows then train beside the "
+                        "teacher); default 1: one stage after the other")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s", stream=sys.stdout)
     import torch
@@ -326,27 +389,31 @@ def main(argv=None):
         verify_shipped_teacher(shipped)
     data_bin = prepare(args, profile, results, shipped)
     teacher_dir = results / "teacher"
-    if shipped:
-        teacher_summary = install_shipped_teacher(shipped, teacher_dir)
-    else:
-        teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher",
-                                results)
+    teacher_summary = install_shipped_teacher(shipped, teacher_dir) if shipped else None
     teacher_ckpt = teacher_dir / "checkpoint_best.pt"
-    teacher_scores = evaluate(data_bin, teacher_ckpt, teacher_dir, results, args, profile, "teacher")
     vocab = dictionary_size(data_bin)
     dim = int(arch_settings(profile)["--encoder-embed-dim"])
-    rows = {"teacher": {**teacher_summary, **teacher_scores, "embedding_params": vocab * dim,
-                        "description": TEACHER_DESCRIPTION,
-                        "exported_bytes": export_size(teacher_ckpt, teacher_dir, results,
-                                                      "teacher")}}
-    rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))
+
+    def teacher_stage() -> Dict:
+        summary = teacher_summary or train(data_bin, teacher_dir, teacher_flags(profile, args),
+                                           "teacher", results)
+        scores = evaluate(data_bin, teacher_ckpt, teacher_dir, results, args, profile, "teacher")
+        return {**summary, **scores, "embedding_params": vocab * dim,
+                "description": TEACHER_DESCRIPTION,
+                "exported_bytes": export_size(teacher_ckpt, teacher_dir, results, "teacher")}
+
+    rows, failed = run_all(args, profile, results, data_bin, teacher_stage)
     budget = profile.student_train[profile.student_train.index("--max-update") + 1]
     notes = f"{profile.notes} Every student row: {budget} fine-tuning updates."
     meta = {"profile": args.profile, "notes": notes, "vocab": vocab, "dim": dim, "pair": pair,
             "device": torch.cuda.get_device_name(0) if args.use_gpu else "cpu",
             "command": " ".join(["python", "-m", "examples.multi30k.run"] + sys.argv[1:])}
-    table = report.write_report(results, rows, meta)
-    print(table)
+    if "teacher" in rows:
+        print(report.write_report(results, rows, meta))
+    if failed:
+        raise SystemExit(f"error: {len(failed)} stage(s) failed: {', '.join(failed)} (their logs "
+                         f"are under {results / 'logs'}; the table holds the others; a re-run "
+                         "resumes every finished stage)")
 
 
 if __name__ == "__main__":
