@@ -125,7 +125,10 @@ class TensorTrainEmbedding(CompressedEmbedding):
     def forward(self, tokens):
         if not torch.is_grad_enabled():  # decoding: a row lookup in the cached contracted matrix
             return F.embedding(tokens, self._output_matrix())
-        embedded = self.tensor_train(tokens)
+        # tltorch turns the ids into TT multi-indices with np.unravel_index, which cannot read a
+        # CUDA tensor (seen on an H100: "can't convert cuda:0 device type tensor to numpy"); the
+        # ids go to the host for that, the cores stay on the device and are indexed there
+        embedded = self.tensor_train(tokens.cpu()).to(tokens.device)
         if self.padding_idx is not None:
             embedded = embedded.masked_fill(tokens.eq(self.padding_idx).unsqueeze(-1), 0.0)
         return embedded

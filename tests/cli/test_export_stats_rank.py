@@ -156,3 +156,34 @@ def test_an_export_restarts_training_through_stock_finetune_from_model(
     log = result.stdout + result.stderr
     assert f"loading pretrained model from {exported['fp16']}" in log
     assert re.search(r"\| train \| epoch 001 .*\| num_updates 2 ", log)
+
+
+def test_a_checkpoint_written_from_a_gpu_is_read_with_its_embedding_tied(tiny_teacher, tmp_path):
+    """fairseq copies a GPU model's state to the host tensor by tensor before saving, so a
+    shared embedding lands in the file once per module using it (an H100-trained teacher's fp16
+    export was 23.4 MB instead of 15.2). stats and export read such a file as the tied model."""
+    state = torch.load(tiny_teacher.best, weights_only=False)
+    state["model"] = {key: value.clone() for key, value in state["model"].items()}
+    untied = tmp_path / "untied.pt"
+    torch.save(state, untied)
+    keys = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+            "decoder.output_projection.weight"]
+    # the file really holds three copies of the V×d matrix, and the original one
+    saved = torch.load(untied, weights_only=False)["model"]
+    assert len({saved[key].untyped_storage().data_ptr() for key in keys}) == 3
+    original = torch.load(tiny_teacher.best, weights_only=False)["model"]
+    assert len({original[key].untyped_storage().data_ptr() for key in keys}) == 1
+    tied_stats = cli("stats", tiny_teacher.best).stdout.splitlines()
+    untied_stats = cli("stats", untied).stdout.splitlines()
+    parameter_lines = [line for line in tied_stats if "params" in line]
+    assert len(parameter_lines) == 3  # embedding, other, total
+    assert [line for line in untied_stats if "params" in line] == parameter_lines
+    cli("export", tiny_teacher.best, tmp_path / "tied_fp16.pt", "--fp16")
+    cli("export", untied, tmp_path / "untied_fp16.pt", "--fp16")
+    assert abs((tmp_path / "untied_fp16.pt").stat().st_size
+               - (tmp_path / "tied_fp16.pt").stat().st_size) < 4096
+    model = torch.load(tmp_path / "untied_fp16.pt")["model"]
+    assert len({model[key].untyped_storage().data_ptr() for key in keys}) == 1
+    # vectors that happen to be equal (LayerNorm weights never moved from 1) stay separate
+    norms = [key for key in model if key.endswith("layer_norm.weight")]
+    assert len({model[key].untyped_storage().data_ptr() for key in norms}) == len(norms)
