@@ -23,10 +23,11 @@ test: setup
 demo: setup
 	$(PY) -m examples.multi30k.run --profile demo
 
+# use a GPU: up to 12 of the small trainings share it (benchmarks/results/multi30k-full-h100/)
 benchmark: setup
-	$(PY) -m examples.multi30k.run --profile full
+	$(PY) -m examples.multi30k.run --profile full --jobs 12
 
-# every row on 2 CPU cores in <= 3 hours (teacher 12 epochs, 250 updates per student row)
+# 2 CPU cores: teacher and dense rows 12 epochs each, 500 updates per student row (README)
 benchmark-cpu: setup
 	$(PY) -m examples.multi30k.run --profile cpu
 

@@ -97,9 +97,13 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
         if row.get("bleu") is not None and row.get("total_params"):
             methods.setdefault("teacher" if name == "teacher" else method_of(name), []).append(
                 (name, row))
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
-    panels = (("total_params", 1.0, "total parameters"),
-              ("exported_bytes", 1e-6, "fp16 export (MB)"))
+    panels = [("total_params", 1.0, "total parameters"),
+              ("exported_bytes", 1e-6, "fp16 export (MB)")]
+    if not any(row.get("exported_bytes") for row in rows.values()):
+        panels = panels[:1]  # a table without export sizes: one panel, not an empty one
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), sharey=True,
+                                squeeze=False)
+    axes = axes[0]
     for axis, (key, scale, label) in zip(axes, panels):
         for index, (method, members) in enumerate(sorted(methods.items())):
             points = sorted((row[key] * scale, row["bleu"], name) for name, row in members
@@ -116,7 +120,7 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
         axis.set_xlabel(label)
         axis.grid(True, alpha=0.3)
     axes[0].set_ylabel("sacreBLEU (test_2016_flickr)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[-1].legend(fontsize=7, loc="lower right")
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

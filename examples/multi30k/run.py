@@ -163,7 +163,7 @@ PROFILES = {
         teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "12"],
         student_train=cosine_fine_tuning(1.5e-3, 500),
         rows=["distilled_8x", "distilled_16x", "distilled_4x", "svd_linear_8x",
-              "teacher_continued", "dense_8x", "dense_16x", "dense_4x"],
+              "teacher_continued", "dense_8x", "dense_16x"],
         notes="CPU profile: the full profile's teacher (3+3 layers, d=256, ffn 1024) stopped after "
         "12 epochs (1,620 updates); the dense rows train from scratch with the same 12 epochs; "
         "students fine-tuned with the schedule chosen on valid at this shape "

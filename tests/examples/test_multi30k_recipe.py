@@ -136,3 +136,32 @@ def test_ci_profile_in_the_other_direction_en_de(multi30k_corpus, tmp_path):
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1] == (
         f"error: {results} was prepared for en→de; pass another --results for de→en")
     assert sorted(p.name for p in results.rglob("*")) == before
+
+    # --jobs: the same stages side by side, from the same prepared data. The dense row trains
+    # beside the teacher, a row that fails (its save directory is a file) is reported while the
+    # others finish, and every finished row is what the sequential run made, byte for byte.
+    parallel = tmp_path / "parallel"
+    parallel.mkdir()
+    for prepared in ("data", "data-bin"):
+        subprocess.run(["cp", "-r", str(results / prepared), str(parallel)], check=True)
+    (parallel / "rows").mkdir()
+    (parallel / "rows" / "svd_linear_8x").write_text("in the way\n")
+    jobs = run_recipe(command[:command.index("--results") + 1] + [str(parallel)]
+                      + command[command.index("--results") + 2:]
+                      + ["--jobs", "3", "--rows", "distilled_8x", "svd_linear_8x", "dense_8x"],
+                      timeout=900)
+    assert jobs.returncode == 1, (jobs.stdout + jobs.stderr)[-3000:]
+    assert (jobs.stdout + jobs.stderr).strip().splitlines()[-1] == (
+        f"error: 1 stage(s) failed: svd_linear_8x (their logs are under {parallel / 'logs'}; the "
+        "table holds the others; a re-run resumes every finished stage)")
+    lines = jobs.stdout.splitlines()
+    dense_started = next(i for i, line in enumerate(lines)
+                         if "$ " in line and "--save-dir " + str(parallel / "rows" / "dense_8x") in line)
+    teacher_done = next(i for i, line in enumerate(lines)
+                        if "done in" in line and "logs/teacher.train.log" in line)
+    assert dense_started < teacher_done  # the dense row did not wait for the teacher
+    assert list(json.loads((parallel / "results.json").read_text())["rows"]) == [
+        "teacher", "distilled_8x", "dense_8x"]
+    for out_dir in ("teacher", "rows/distilled_8x"):
+        assert (parallel / out_dir / "test.hyp.en").read_bytes() == (
+            results / out_dir / "test.hyp.en").read_bytes()
