@@ -30,7 +30,6 @@ from typing import Dict, List, Optional
 from benchmarks import report
 from examples import dense_size
 from examples.multi30k import run as recipe  # the translation recipe's stages, imported
-from fairseq_distilled_emb import factorization
 
 REPO = recipe.REPO
 run, train, write_json = recipe.run, recipe.train, recipe.write_json
@@ -245,9 +244,8 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
         save_dir = results / "rows" / row
         spec = ROWS[row]
         if spec.kind == "dense":
-            rank = factorization.rank_for_compression(vocab, dim, spec.compression)
-            target = (teacher_summary["total_params"] - vocab * dim
-                      + factorization.factorized_embedding_params(vocab, dim, rank))
+            target = recipe.dense_target_params(teacher_summary["total_params"], vocab, dim,
+                                                spec.compression)
             width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
             flags = teacher_flags(profile, args, dim=width)
         elif spec.kind == "continued":

@@ -1,6 +1,7 @@
 """The Multi30k recipe's stages: each runs stock fairseq commands (or sentencepiece), writes its
 output under the results directory and is skipped when that output exists, so an interrupted run
-continues where it stopped. ``run.py`` declares the profiles and rows and calls these in order.
+continues where it stopped. ``profiles.py`` declares the profiles and rows; ``run.py`` calls these
+in order.
 """
 
 import gzip
