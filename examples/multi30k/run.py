@@ -146,7 +146,7 @@ def run_row(row: str, args, profile: Profile, results: Path, data_bin: Path, row
     vocab = dictionary_size(data_bin)
     arch = arch_settings(profile)
     dim = int(arch["--encoder-embed-dim"])
-    name = row if args.train_data == "gold" else f"{row}+{args.train_data}"
+    name = row_name(row, args)
     save_dir = results / "rows" / name
     spec = ROWS[row]
     if spec.kind == "dense":
@@ -172,6 +172,7 @@ def run_row(row: str, args, profile: Profile, results: Path, data_bin: Path, row
 
 
 def row_name(row: str, args) -> str:
+    """A row's table name: ``<row>+<data>`` when it trains on teacher output."""
     return row if args.train_data == "gold" else f"{row}+{args.train_data}"
 
 
@@ -201,16 +202,19 @@ def run_all(args, profile: Profile, results: Path, data_bin: Path,
             futures[row] = pool.submit(run_row, row, args, profile, results, data_bin, data_bin,
                                        teacher_ckpt)
         failed = {}
-        try:
-            futures["teacher"].result()
-            row_data = training_data(args, profile, results, data_bin, teacher_ckpt,
-                                     args.train_data)
-            for row in wanted:
-                if row not in early:
-                    futures[row] = pool.submit(run_row, row, args, profile, results, data_bin,
-                                               row_data, teacher_ckpt)
-        except BaseException as error:  # noqa: B036 (SystemExit from a failed command)
-            failed["teacher"] = error
+        if futures["teacher"].exception() is None:  # waits for the teacher; it is reported below
+            try:
+                row_data = training_data(args, profile, results, data_bin, teacher_ckpt,
+                                         args.train_data)
+            except BaseException as error:  # noqa: B036 (SystemExit from a failed command)
+                logger.error(f"{args.train_data} training data failed: "
+                             f"{str(error).splitlines()[0]}")
+                failed[f"{args.train_data} training data"] = error
+            else:
+                for row in wanted:
+                    if row not in early:
+                        futures[row] = pool.submit(run_row, row, args, profile, results,
+                                                   data_bin, row_data, teacher_ckpt)
         rows = {}
         for row, future in futures.items():
             try:

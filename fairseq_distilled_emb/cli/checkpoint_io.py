@@ -68,10 +68,11 @@ def retie_copies(model: dict) -> dict:
     for key, value in model.items():
         if value.dim() >= 2:
             candidates = seen.setdefault((tuple(value.shape), value.dtype), [])
-            value = next((earlier for earlier in candidates if earlier is value
-                          or torch.equal(earlier, value)), value)
-            if all(earlier is not value for earlier in candidates):
+            earlier = next((other for other in candidates if torch.equal(other, value)), None)
+            if earlier is None:
                 candidates.append(value)
+            else:
+                value = earlier
         tied[key] = value
     return tied
 
