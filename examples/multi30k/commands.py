@@ -1,6 +1,7 @@
 """Running the recipe's commands: each stock fairseq command's output goes to its own log (and,
 for fairseq-train, one short progress line per logged update to the console); stage markers are
-written atomically; the device flags every training command gets."""
+written atomically and reused only with the settings they were made with; the device flags
+every training command gets."""
 
 import json
 import logging
@@ -10,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 logger = logging.getLogger("multi30k")
 
@@ -99,3 +100,39 @@ def device_flags(use_gpu: bool, fp16: bool):
     if not use_gpu:
         return ["--cpu"]
     return ["--fp16", "--fp16-scale-window", "128"] if fp16 else []
+
+
+#: options that say where a training ran or where its files are, not what it trained: a finished
+#: stage is reused across them (a results directory moved, a teacher seeded from a GPU run)
+WHERE_NOT_WHAT = {"--user-dir", "--teacher-path", "--finetune-from-model", "--cpu", "--fp16",
+                  "--fp16-scale-window", "--save-dir"}
+
+
+def training_settings(flags: List[str]) -> Dict[str, str]:
+    """``flags`` as option → value, the last value winning (as argparse's), without the options
+    of ``WHERE_NOT_WHAT``: what a finished training is compared by before it is reused."""
+    settings: Dict[str, str] = {}
+    for index, flag in enumerate(flags):
+        if flag.startswith("--"):
+            value = flags[index + 1] if index + 1 < len(flags) else ""
+            settings[flag] = "" if value.startswith("--") else value
+    return {key: value for key, value in settings.items() if key not in WHERE_NOT_WHAT}
+
+
+def refuse_other_settings(done: Path, settings: Dict[str, str]) -> None:
+    """A finished stage is reused only with the settings it was trained with: a changed budget or
+    learning rate must not silently reuse the old model (nor overwrite it)."""
+    summary = json.loads(done.read_text())
+    recorded = summary.get("settings")
+    if recorded is None:  # written before settings were recorded: its updates are all we know
+        if "--max-update" not in settings or "updates" not in summary:
+            return
+        recorded = {"--max-update": str(summary["updates"])}
+        settings = {"--max-update": settings["--max-update"]}
+    if recorded == settings:
+        return
+    changed = ", ".join(f"{key} {recorded.get(key, '(unset)')} → {settings.get(key, '(unset)')}"
+                        for key in sorted(set(recorded) | set(settings))
+                        if recorded.get(key) != settings.get(key))
+    raise SystemExit(f"error: {done.parent} was trained with other settings ({changed}); move it "
+                     "away to train it again, or pass another --results")

@@ -97,7 +97,8 @@ def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
              "--embedding-compression", str(spec.compression),
              "--criterion", "label_smoothed_cross_entropy_with_distillation",
              "--max-tokens", str(profile.max_tokens)]
-            + profile.teacher_arch + COMMON_TRAIN + profile.student_train + list(spec.flags)
+            + profile.teacher_arch + COMMON_TRAIN + profile.fine_tuning(spec.compression)
+            + list(spec.flags)
             + device_flags(args.use_gpu, args.fp16))
 
 
@@ -125,11 +126,14 @@ SCORE = ("bleu", "valid BLEU", True)
 
 def with_overrides(profile: Profile, args) -> Profile:
     """The profile with the command line's batch size / student budget overrides applied."""
-    student_train = list(profile.student_train)
+    changes = {"max_tokens": args.max_tokens or profile.max_tokens}
     if args.student_updates:
+        student_train = list(profile.student_train)
         student_train[student_train.index("--max-update") + 1] = str(args.student_updates)
-    return replace(profile, max_tokens=args.max_tokens or profile.max_tokens,
-                   student_train=student_train)
+        changes["student_train"] = student_train
+        if hasattr(profile, "updates_from_compression"):  # the command line's budget is every row's
+            changes["updates_from_compression"] = {}
+    return replace(profile, **changes)
 
 
 def dictionary_size(data_bin: Path) -> int:
@@ -156,7 +160,7 @@ def run_row(row: str, args, profile: Profile, results: Path, data_bin: Path, row
         target = dense_target_params(teacher_total, vocab, dim, spec.compression)
         flags = dense_flags(profile, args, vocab, target)
     elif spec.kind == "continued":
-        flags = (teacher_flags(profile, args) + profile.student_train
+        flags = (teacher_flags(profile, args) + profile.fine_tuning(spec.compression)
                  + ["--finetune-from-model", str(teacher_ckpt)])
     else:
         flags = student_flags(row, profile, args, teacher_ckpt)
@@ -257,7 +261,8 @@ def main(argv=None):
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="train in fp32 on GPU")
     parser.add_argument("--max-tokens", type=int, help="override the profile's --max-tokens")
     parser.add_argument("--student-updates", type=int,
-                        help="override the profile's fine-tuning updates per student row")
+                        help="fine-tuning updates of every student row (and of teacher_continued), "
+                        "instead of the profile's budgets")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="run up to N training/decoding stages at once (a GPU has room for "
                         "several of these small models; the dense rows then train beside the "
@@ -298,8 +303,7 @@ def main(argv=None):
                 "exported_bytes": export_size(teacher_ckpt, teacher_dir, results, "teacher")}
 
     rows, failed = run_all(args, profile, results, data_bin, teacher_stage)
-    budget = profile.student_train[profile.student_train.index("--max-update") + 1]
-    notes = f"{profile.notes} Every student row: {budget} fine-tuning updates."
+    notes = f"{profile.notes} {profile.budget_note()}"
     meta = {"profile": args.profile, "notes": notes, "vocab": vocab, "dim": dim, "pair": pair,
             "device": torch.cuda.get_device_name(0) if args.use_gpu else "cpu",
             "command": " ".join(["python", "-m", "examples.multi30k.run"] + sys.argv[1:])}

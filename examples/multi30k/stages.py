@@ -12,11 +12,18 @@ import shutil
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from examples.multi30k.commands import device_flags, fairseq_tool, run, write_json
+from examples.multi30k.commands import (
+    device_flags,
+    fairseq_tool,
+    refuse_other_settings,
+    run,
+    training_settings,
+    write_json,
+)
 from fairseq_distilled_emb import evaluation
 
 logger = logging.getLogger("multi30k")
@@ -43,6 +50,26 @@ class Profile:
     #: and dictionary): the profile then spends its minutes on the students (--train-teacher:
     #: train it from scratch instead)
     shipped_teacher: Optional[Path] = None
+    #: budgets valid chose apart from ``student_train``'s --max-update, by compression: a row
+    #: compressing the embedding at least ``c``x fine-tunes for ``updates[c]`` updates (the
+    #: largest such ``c``), whatever its method, so rows at one compression stay comparable
+    updates_from_compression: Dict[float, int] = field(default_factory=dict)
+
+    def fine_tuning(self, compression: float) -> List[str]:
+        """The fine-tuning flags of a row at ``compression`` (0: not compressed):
+        ``student_train`` with that compression's budget; the cosine schedule spans it."""
+        flags = list(self.student_train)
+        reached = [c for c in self.updates_from_compression if compression >= c]
+        if reached:
+            flags[flags.index("--max-update") + 1] = str(self.updates_from_compression[max(reached)])
+        return flags
+
+    def budget_note(self) -> str:
+        """The fine-tuning budgets in words, for the table's notes."""
+        default = self.student_train[self.student_train.index("--max-update") + 1]
+        own = "".join(f"; rows at {c:g}x or more: {updates:,}"
+                      for c, updates in sorted(self.updates_from_compression.items()))
+        return f"Student rows: {int(default):,} fine-tuning updates{own}."
 
 
 # ------------------------------------------------------------------------------------ plumbing
@@ -227,9 +254,12 @@ def training_data(args, profile: Profile, results: Path, data_bin: Path, teacher
 
 
 def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, results: Path) -> Dict:
-    """fairseq-train into ``save_dir`` unless its training finished before; returns its timing."""
+    """fairseq-train into ``save_dir`` unless its training finished before with the same
+    settings; returns its timing."""
     done = save_dir / "train.json"
+    settings = training_settings(flags)
     if done.exists():
+        refuse_other_settings(done, settings)
         return json.loads(done.read_text())
     started = time.perf_counter()
     output = run([fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags,
@@ -238,6 +268,7 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     if (save_dir / "reconstruction.json").exists():  # a student: what the task wrote at its start
         summary.update(start_figures(json.loads((save_dir / "reconstruction.json").read_text())))
     summary["train_seconds"] = round(time.perf_counter() - started, 1)
+    summary["settings"] = settings
     write_json(done, summary)
     return summary
 

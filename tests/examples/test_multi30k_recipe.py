@@ -73,6 +73,16 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     assert second.returncode == 0 and "$ " not in second.stdout + second.stderr
     assert json.loads((results / "results.json").read_text())["rows"] == saved["rows"]
 
+    # another budget for a finished row is refused, not answered with the old model
+    student = results / "rows" / "distilled_8x"
+    before = {path: path.stat().st_mtime_ns for path in student.iterdir()}
+    changed = run_recipe(command + ["--student-updates", "7", "--rows", "distilled_8x"],
+                         timeout=300)
+    assert changed.returncode == 1 and changed.stderr.strip().splitlines()[-1] == (
+        f"error: {student} was trained with other settings (--max-update 6 → 7); move it away "
+        "to train it again, or pass another --results")
+    assert {path: path.stat().st_mtime_ns for path in student.iterdir()} == before
+
     # a stage interrupted after fairseq saved checkpoint_last.pt (no train.json yet) resumes
     # through fairseq's own restore, for the stock teacher too (torch >= 2.6 safe loading)
     (results / "teacher" / "train.json").unlink()
