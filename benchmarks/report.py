@@ -83,8 +83,7 @@ def method_of(name: str) -> str:
 
 
 def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
-    """sacreBLEU against total parameters and against the fp16 export's MB: one line per method
-    (its sizes joined, labelled by compression), the teacher a star (skipped without matplotlib)."""
+    """Save ``frontier_figure`` to ``path`` (False, nothing written, without matplotlib)."""
     try:
         import matplotlib
 
@@ -92,6 +91,19 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    figure = frontier_figure(rows, title)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def frontier_figure(rows: Dict[str, Dict], title: str):
+    """sacreBLEU against total parameters and against the fp16 export's MB: one line per method
+    (its sizes joined, labelled by compression), the teacher a star. A method keeps its colour
+    in both panels, and the legend sits in the first, where every method is drawn (a row may
+    lack an export size, not a parameter count)."""
+    import matplotlib.pyplot as plt
+
     methods: Dict[str, list] = {}
     for name, row in rows.items():
         if row.get("bleu") is not None and row.get("total_params"):
@@ -112,20 +124,20 @@ def plot(rows: Dict[str, Dict], path: Path, title: str) -> bool:
                 continue
             xs, ys, names = zip(*points)
             style = dict(marker="*", markersize=14) if method == "teacher" else dict(marker="o")
-            axis.plot(xs, ys, linestyle="-" if len(xs) > 1 else "none", label=method, **style)
+            axis.plot(xs, ys, linestyle="-" if len(xs) > 1 else "none", label=method,
+                      color=f"C{index % 10}", **style)
             for number, (x, y, name) in enumerate(zip(xs, ys, names)):
                 if method != "teacher" and len(xs) > 1:  # sizes on lines; the legend names singles
-                    axis.annotate(split_size(name)[1] or name, (x, y), fontsize=7, textcoords="offset points",
+                    axis.annotate(split_size(name)[1] or name, (x, y), fontsize=7,
+                                  textcoords="offset points",
                                   xytext=(5, -10 if (index + number) % 2 else 5))
         axis.set_xlabel(label)
         axis.grid(True, alpha=0.3)
     axes[0].set_ylabel("sacreBLEU (test_2016_flickr)")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="lower right")
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
+    return figure
 
 
 def direction(meta: Dict) -> str:

@@ -5,6 +5,7 @@ Everything here is plain functions and constants; the session fixtures built on 
 ``tests/conftest.py``.
 """
 
+import gzip
 import os
 import re
 import subprocess
@@ -260,3 +261,22 @@ def student_train_args(data_bin, teacher_path, save_dir, max_update=6, *extra):
         "--log-interval", "1", "--cpu", "--seed", "1", "--num-workers", "0",
         "--no-epoch-checkpoints", "--save-dir", save_dir, *extra,
     ]
+
+
+MULTI30K_RAW_FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+
+
+def run_recipe(command, timeout):
+    """``python -m examples.<recipe>.run ...`` from the repository root, as the README runs it."""
+    return subprocess.run(command, capture_output=True, text=True, env=fairseq_env(),
+                          cwd=REPO_ROOT, timeout=timeout)
+
+
+def raw_multi30k_dir(corpus, directory):
+    """The recipes' input layout (``<split>.<lang>.gz``) from the test corpus (real or generated)."""
+    directory.mkdir()
+    for split, name in MULTI30K_RAW_FILES.items():
+        for lang in ("de", "en"):
+            with gzip.open(directory / f"{name}.{lang}.gz", "wt", encoding="utf-8") as handle:
+                handle.write("\n".join(corpus.lines(split, lang)) + "\n")
+    return directory

@@ -134,7 +134,7 @@ def read_split(data_dir: Path, split: str, limit: Optional[int]) -> List[str]:
     path = data_dir / f"{SPLITS[split]}.en.gz"
     if not path.exists():
         raise SystemExit(
-            f"{path} not found: pass --data-dir with the raw Multi30k task-1 files "
+            f"error: {path} not found: pass --data-dir with the raw Multi30k task-1 files "
             "(train.en.gz, val.en.gz, test_2016_flickr.en.gz); this script downloads nothing"
         )
     with gzip.open(path, "rt", encoding="utf-8") as handle:
@@ -315,7 +315,11 @@ def main(argv=None):
     parser.add_argument("--student-updates", type=int,
                         help="override the profile's fine-tuning updates per student row")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s", stream=sys.stdout)
+    # fairseq_cli's format, on stdout; force: importing fairseq has configured the root logger
+    # already (its default format, on stderr)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
     import torch
 
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())

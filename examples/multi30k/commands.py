@@ -59,7 +59,7 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     output = "".join(stdout) + "\n" + "".join(stderr)
     if process.wait() != 0:
         raise SystemExit(
-            f"command failed ({process.returncode}): {' '.join(command)}\n"
+            f"error: command failed ({process.returncode}): {' '.join(command)}\n"
             f"--- last lines of {log_path} ---\n{output[-3000:]}"
         )
     logger.info(f"  done in {time.perf_counter() - started:.0f}s (log: {log_path})")

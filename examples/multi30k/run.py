@@ -131,8 +131,8 @@ def with_overrides(profile: Profile, args) -> Profile:
         student_train = list(profile.student_train)
         student_train[student_train.index("--max-update") + 1] = str(args.student_updates)
         changes["student_train"] = student_train
-        if hasattr(profile, "updates_from_compression"):  # the command line's budget is every row's
-            changes["updates_from_compression"] = {}
+        if hasattr(profile, "updates_from_compression"):  # (the LM's profiles have none)
+            changes["updates_from_compression"] = {}  # the command line's budget is every row's
     return replace(profile, **changes)
 
 
@@ -211,8 +211,7 @@ def run_all(args, profile: Profile, results: Path, data_bin: Path,
                 row_data = training_data(args, profile, results, data_bin, teacher_ckpt,
                                          args.train_data)
             except BaseException as error:  # noqa: B036 (SystemExit from a failed command)
-                logger.error(f"{args.train_data} training data failed: "
-                             f"{str(error).splitlines()[0]}")
+                logger.error(f"{args.train_data} training data failed: {first_line(error)}")
                 failed[f"{args.train_data} training data"] = error
             else:
                 for row in wanted:
@@ -224,10 +223,15 @@ def run_all(args, profile: Profile, results: Path, data_bin: Path,
             try:
                 rows[row if row == "teacher" else row_name(row, args)] = future.result()
             except BaseException as error:  # noqa: B036
-                logger.error(f"{row} failed: {str(error).splitlines()[0]}")
+                logger.error(f"{row} failed: {first_line(error)}")
                 failed[row] = error
     ordered = ["teacher"] + [row_name(row, args) for row in wanted]
     return {name: rows[name] for name in ordered if name in rows}, list(failed)
+
+
+def first_line(error: BaseException) -> str:
+    """A failed stage's message in one line, for the log (the run's own error line follows)."""
+    return str(error).splitlines()[0].removeprefix("error: ")
 
 
 def positive_int(text: str) -> int:
@@ -268,7 +272,11 @@ def main(argv=None):
                         "several of these small models; the dense rows then train beside the "
                         "teacher); default 1: one stage after the other")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(message)s", stream=sys.stdout)
+    # fairseq_cli's format, on stdout; force: importing fairseq has configured the root logger
+    # already (its default format, on stderr)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
     import torch
 
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())

@@ -59,9 +59,10 @@ class Profile:
         """The fine-tuning flags of a row at ``compression`` (0: not compressed):
         ``student_train`` with that compression's budget; the cosine schedule spans it."""
         flags = list(self.student_train)
-        reached = [c for c in self.updates_from_compression if compression >= c]
+        budgets = self.updates_from_compression
+        reached = [c for c in budgets if compression >= c]
         if reached:
-            flags[flags.index("--max-update") + 1] = str(self.updates_from_compression[max(reached)])
+            flags[flags.index("--max-update") + 1] = str(budgets[max(reached)])
         return flags
 
     def budget_note(self) -> str:
@@ -92,7 +93,7 @@ def read_split(data_dir: Optional[Path], split: str, lang: str, limit: Optional[
                 lines = gzip.decompress(response.read()).decode("utf-8").splitlines()
         except OSError as error:
             raise SystemExit(
-                f"cannot read Multi30k: {data_dir}/{name} is missing and {url} is unreachable "
+                f"error: cannot read Multi30k: {data_dir}/{name} is missing and {url} is unreachable "
                 f"({error}). Pass --data-dir with the raw task-1 files (*.de.gz, *.en.gz)."
             )
     return lines[:limit] if limit else lines

@@ -1,6 +1,5 @@
 """The Multi30k recipe script itself, CI-sized: every stage through the real commands, the table."""
 
-import gzip
 import re
 import json
 import subprocess
@@ -8,26 +7,7 @@ import sys
 
 import sacrebleu
 
-from helpers import REPO_ROOT, fairseq_env
-
-FILES = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
-
-
-def run_recipe(command, timeout):
-    """``python -m examples.multi30k.run ...`` from the repository root, as the README runs it."""
-    return subprocess.run(command, capture_output=True, text=True, env=fairseq_env(),
-                          cwd=REPO_ROOT, timeout=timeout)
-
-
-def raw_multi30k_dir(corpus, directory):
-    """The recipe's input layout (``<split>.<lang>.gz``) from the test corpus (real or generated)."""
-    directory.mkdir()
-    for split, name in FILES.items():
-        for lang in ("de", "en"):
-            with gzip.open(directory / f"{name}.{lang}.gz", "wt", encoding="utf-8") as handle:
-                handle.write("\n".join(corpus.lines(split, lang)) + "\n")
-    return directory
-
+from helpers import raw_multi30k_dir, run_recipe
 
 def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_path):
     results = tmp_path / "results"
