@@ -34,8 +34,6 @@ def test_ci_profile_trains_scores_and_resumes(multi30k_corpus, tmp_path):
     # the student keeps the teacher's body and compresses its embedding 8x (rank r: r·(V+d))
     assert rows["distilled_8x"]["embedding_params"] < rows["teacher"]["embedding_params"] / 7.5
     assert rows["distilled_8x"]["updates"] == 4 and rows["teacher"]["updates"] == 12
-    # the smaller-dim dense model matches the 8x student's total size within 2 %
-    assert abs(rows["smaller_dim"]["total_params"] / rows["distilled_8x"]["total_params"] - 1) < 0.02
 
     # resumable: a second run runs no command and writes the same rows
     second = run_recipe(command, timeout=300)
