@@ -119,18 +119,18 @@ def training_settings(flags: List[str]) -> Dict[str, str]:
     return {key: value for key, value in settings.items() if key not in WHERE_NOT_WHAT}
 
 
-def refuse_other_settings(done: Path, settings: Dict[str, str]) -> None:
-    """A finished stage is reused only with the settings it was trained with: a changed budget or
-    learning rate must not silently reuse the old model (nor overwrite it)."""
+def refuse_other_settings(done: Path, settings: Dict[str, str]) -> Dict:
+    """A finished stage's summary, reused only with the settings it was trained with: a changed
+    budget or learning rate must not silently reuse the old model (nor overwrite it)."""
     summary = json.loads(done.read_text())
     recorded = summary.get("settings")
     if recorded is None:  # written before settings were recorded: its updates are all we know
         if "--max-update" not in settings or "updates" not in summary:
-            return
+            return summary
         recorded = {"--max-update": str(summary["updates"])}
         settings = {"--max-update": settings["--max-update"]}
     if recorded == settings:
-        return
+        return summary
     changed = ", ".join(f"{key} {recorded.get(key, '(unset)')} → {settings.get(key, '(unset)')}"
                         for key in sorted(set(recorded) | set(settings))
                         if recorded.get(key) != settings.get(key))

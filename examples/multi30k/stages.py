@@ -260,8 +260,7 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     done = save_dir / "train.json"
     settings = training_settings(flags)
     if done.exists():
-        refuse_other_settings(done, settings)
-        return json.loads(done.read_text())
+        return refuse_other_settings(done, settings)
     started = time.perf_counter()
     output = run([fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags,
                  results / "logs" / f"{log_name}.train.log")

@@ -3,8 +3,9 @@ commands the recipe builds: the cpu profile gives 16x rows (every method) the 1,
 chose for them and the other rows 500; ``--student-updates`` sets every row's."""
 
 import json
-import pytest
 from types import SimpleNamespace
+
+import pytest
 
 from benchmarks.common import load_recipe
 

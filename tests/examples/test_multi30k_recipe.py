@@ -9,6 +9,7 @@ import sacrebleu
 
 from helpers import raw_multi30k_dir, run_recipe
 
+
 def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_path):
     results = tmp_path / "results"
     command = [sys.executable, "-m", "examples.multi30k.run",
