@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.common import REPO
 from fairseq_distilled_emb import factorization
-from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
+from fairseq_distilled_emb.checkpoints import load_checkpoint
 
 
 def synthetic_trained_like(vocab, dim, seed=0):

@@ -1,7 +1,11 @@
 """User-facing errors: one clear line naming the flag or file and the fix, not a deep traceback."""
 
 import pickle
+import re
 import sys
+
+# torch's two wordings: an unknown global, or one from a module it blocks outright (os, posix, ...)
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)")
 
 
 class DistilledEmbeddingError(ValueError):
@@ -16,8 +20,6 @@ def _print_user_errors_without_traceback(previous_hook):
             return
         if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
             # fairseq's own torch.load of a --path file, refused by the safe unpickler
-            from fairseq_distilled_emb.cli.checkpoint_io import unreadable_message
-
             print(f"{prog}: error: {unreadable_message('a checkpoint', exc)}", file=sys.stderr)
             return
         previous_hook(exc_type, exc, tb)
@@ -33,3 +35,19 @@ def install_excepthook():
     """
     if not getattr(sys.excepthook, "_distilled_embedding_hook", False):
         sys.excepthook = _print_user_errors_without_traceback(sys.excepthook)
+
+
+def unreadable_message(label: str, error: Exception) -> str:
+    """Why torch could not read the file; a refused global is named, with the safe advice."""
+    refused = _REFUSED_GLOBAL.search(str(error))
+    if refused:
+        return (
+            f"{label} is not a readable fairseq checkpoint: it needs {refused.group(1)}, which "
+            "safe loading (weights_only) refuses; do not turn safe loading off for a file you "
+            "did not make: pass a checkpoint written by fairseq-train"
+        )
+    first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return (
+        f"{label} is not a readable fairseq checkpoint ({type(error).__name__}: {first_line}); "
+        "pass a checkpoint written by fairseq-train"
+    )

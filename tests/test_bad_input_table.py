@@ -120,7 +120,7 @@ def torch_reason(path):
     """What torch's safe loader says about ``path`` (the message quotes it in parentheses)."""
     try:
         torch.load(path, weights_only=True)
-    except Exception as error:  # the same catch as checkpoint_io.load_checkpoint
+    except Exception as error:  # the same catch as checkpoints.load_checkpoint
         return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
     raise AssertionError(f"{path} loaded")
 

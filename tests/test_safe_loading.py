@@ -127,7 +127,7 @@ def test_code_running_file_never_runs_in_fairseq_generate(data_bin, hostile, env
 
 
 def test_checkpoint_loader_refuses_before_any_code_runs(hostile):
-    from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
+    from fairseq_distilled_emb.checkpoints import load_checkpoint
     from fairseq_distilled_emb.errors import DistilledEmbeddingError
 
     path, marker = hostile

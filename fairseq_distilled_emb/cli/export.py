@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fairseq_distilled_emb import factorization
-from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint, save_checkpoint
+from fairseq_distilled_emb.checkpoints import load_checkpoint, save_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 

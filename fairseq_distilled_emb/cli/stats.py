@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Dict
 
 from fairseq_distilled_emb import factorization
-from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
+from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.export import count_parameters, to_plain
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Set, Type
 import torch
 import torch.nn as nn
 
+from fairseq_distilled_emb.checkpoints import config_value
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 
 #: --embedding-factorization name → class (filled by ``register_compressed_embedding``)
@@ -141,7 +142,7 @@ def compressed_keys(model_state: Dict[str, torch.Tensor]) -> Set[str]:
 def saved_compressed_embeddings(model_state: Dict[str, torch.Tensor], model_cfg):
     """``(class, {module prefix: its tensors})`` of a saved model state's compressed embeddings
     (keys relative to the prefix; a tied factorization appears under each module's prefix)."""
-    cls = compressed_embedding_class(_cfg_value(model_cfg, "embedding_factorization"))
+    cls = compressed_embedding_class(config_value(model_cfg, "embedding_factorization"))
     grouped: Dict[str, Dict[str, torch.Tensor]] = {}
     for key, value in model_state.items():
         if cls.owns_key(key):
@@ -149,7 +150,3 @@ def saved_compressed_embeddings(model_state: Dict[str, torch.Tensor], model_cfg)
             grouped.setdefault(prefix, {})[key[len(prefix) + 1:]] = value
     return cls, grouped
 
-
-def _cfg_value(cfg, name):
-    getter = getattr(cfg, "get", None)
-    return getter(name) if callable(getter) else getattr(cfg, name, None)

@@ -108,6 +108,15 @@ class TensorTrainEmbedding(CompressedEmbedding):
             tensorized_embedding_dim=dim_modes, factorization="blocktt",
             rank=tensor_train_ranks(row_modes, dim_modes, rank),
         )
+        # V and the padding row, saved with the cores: the TT covers more rows than V, so a
+        # checkpoint needs them to say its vocabulary (stats) and to cut its matrix (--dense)
+        self.register_buffer("tensor_train_vocab", torch.tensor(
+            [num_embeddings, -1 if padding_idx is None else padding_idx]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before ``tensor_train_vocab`` existed load as they did."""
+        state_dict.setdefault(prefix + "tensor_train_vocab", self.tensor_train_vocab)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_args(cls, args, num_embeddings, embedding_dim, padding_idx):
@@ -171,18 +180,45 @@ class TensorTrainEmbedding(CompressedEmbedding):
 
     @classmethod
     def owns_key(cls, key):
-        return ".tensor_train." in key
+        return ".tensor_train." in key or key.endswith(".tensor_train_vocab")
 
     @classmethod
     def module_prefix(cls, key):
-        return key.split(".tensor_train.", 1)[0]
+        return key.split(".tensor_train", 1)[0]
+
+    @classmethod
+    def from_saved(cls, tensors):
+        """The module a saved state stands for, built at its cores' shapes; None for a checkpoint
+        written before ``tensor_train_vocab`` was saved (its V is unknown)."""
+        if "tensor_train_vocab" not in tensors:
+            return None
+        vocab, padding_idx = (int(value) for value in tensors["tensor_train_vocab"])
+        cores = [tensors[key] for key in sorted(k for k in tensors if k != "tensor_train_vocab")]
+        dim = math.prod(core.shape[2] for core in cores)
+        module = cls(vocab, dim, max(core.shape[-1] for core in cores),
+                     None if padding_idx < 0 else padding_idx)
+        module.load_state_dict({key: value.float() for key, value in tensors.items()})
+        return module
+
+    @classmethod
+    def saved_dense_weight(cls, tensors, model_cfg):
+        module = cls.from_saved(tensors)
+        if module is None:
+            return super().saved_dense_weight(tensors, model_cfg)
+        dtype = next(value.dtype for value in tensors.values() if value.is_floating_point())
+        with torch.no_grad():
+            return module.materialize().to(dtype)
 
     @classmethod
     def saved_size(cls, tensors, model_cfg):
-        """The TT covers V rounded up to a tensorizable row count, so V itself is not saved."""
-        rank = model_cfg.get("embedding_rank")
-        return {"vocab": None, "dim": None,
-                "size": f"tensor-train rank={rank}" if rank else "tensor-train"}
+        """V and d from a checkpoint that saved ``tensor_train_vocab``; unknown (None) before."""
+        module = cls.from_saved(tensors)
+        if module is None:
+            rank = model_cfg.get("embedding_rank")
+            return {"vocab": None, "dim": None,
+                    "size": f"tensor-train rank={rank}" if rank else "tensor-train"}
+        return {"vocab": module.num_embeddings, "dim": module.embedding_dim,
+                "size": f"tensor-train rank={module.rank}"}
 
     def initialize_from(self, target, init: TeacherInit, name):
         """The TT-SVD of the teacher's E (the closed-form analogue of the reconstruction), or

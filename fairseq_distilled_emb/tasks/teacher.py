@@ -6,11 +6,11 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
-from fairseq import checkpoint_utils, utils
+from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from omegaconf import OmegaConf
 
-from fairseq_distilled_emb.cli.checkpoint_io import load_checkpoint
+from fairseq_distilled_emb.checkpoints import config_value, load_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 
@@ -85,8 +85,8 @@ class TeacherCheckpoint:
         self._validate_symbols(dictionaries)
         teacher_sharing, student_sharing = _sharing(teacher_cfg), _sharing(student_cfg)
         for name in architecture_fields + SHARING_FIELDS:
-            teacher_value = teacher_sharing.get(name, _config_value(teacher_cfg, name))
-            student_value = student_sharing.get(name, _config_value(student_cfg, name))
+            teacher_value = teacher_sharing.get(name, config_value(teacher_cfg, name))
+            student_value = student_sharing.get(name, config_value(student_cfg, name))
             if teacher_value is None or student_value is None:
                 continue
             if teacher_value != student_value:
@@ -99,7 +99,7 @@ class TeacherCheckpoint:
 
     def _validate_symbols(self, dictionaries: List[Dict]) -> None:
         """Compare dictionaries symbol by symbol when the teacher's data directory is reachable."""
-        data = _config_value(self.state["cfg"]["task"], "data")
+        data = config_value(self.state["cfg"]["task"], "data")
         if not data:
             return
         for dictionary in dictionaries:
@@ -142,13 +142,7 @@ def _teacher_embedding_rows(model_state, model_cfg) -> Optional[int]:
 
 def _sharing(cfg):
     """Effective embedding sharing: --share-all-embeddings implies decoder input/output sharing."""
-    share_all = bool(_config_value(cfg, "share_all_embeddings"))
-    share_decoder = share_all or bool(_config_value(cfg, "share_decoder_input_output_embed"))
+    share_all = bool(config_value(cfg, "share_all_embeddings"))
+    share_decoder = share_all or bool(config_value(cfg, "share_decoder_input_output_embed"))
     return {"share_all_embeddings": share_all, "share_decoder_input_output_embed": share_decoder}
 
-
-def _config_value(cfg, name):
-    try:
-        return utils.safe_getattr(cfg, name, None)
-    except Exception:  # omegaconf struct configs raise on unknown keys
-        return None

@@ -1,4 +1,7 @@
-"""Reading and writing fairseq checkpoints safely for the CLI tools.
+"""Reading and writing fairseq checkpoints safely: the package's trust boundary.
+
+The teacher (``--teacher-path``), ``export`` and ``stats`` read every user's file through
+:func:`load_checkpoint`; ``export`` writes through :func:`save_checkpoint`.
 
 Reading uses torch's restricted (weights-only) unpickler with the fairseq classes allow-listed by
 :mod:`fairseq_distilled_emb.compat`, never ``weights_only=False``: a corrupt, foreign or malicious
@@ -10,7 +13,6 @@ file is only replaced with ``--force``.
 import argparse
 import errno
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -19,11 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from fairseq_distilled_emb import compat
-from fairseq_distilled_emb.errors import DistilledEmbeddingError
-
-
-# torch's two wordings: an unknown global, or one from a module it blocks outright (os, posix, ...)
-_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)")
+from fairseq_distilled_emb.errors import DistilledEmbeddingError, unreadable_message
 
 
 def load_checkpoint(path, label=None) -> dict:
@@ -54,6 +52,20 @@ def load_checkpoint(path, label=None) -> dict:
     return state
 
 
+def config_value(cfg, name: str):
+    """One field of a configuration as fairseq saves or builds it (a plain dict, an OmegaConf
+    ``DictConfig``, an argparse ``Namespace`` or a dataclass); None where it is absent or unset.
+
+    Struct-mode OmegaConf configs raise on unknown keys: that also means "absent" here.
+    """
+    try:
+        if isinstance(cfg, (dict, DictConfig)):
+            return cfg.get(name)
+        return getattr(cfg, name, None)
+    except Exception:  # omegaconf's ConfigAttributeError/ConfigKeyError
+        return None
+
+
 def retie_copies(model: dict) -> dict:
     """``model`` with tied weights tied again where the file holds them as separate copies.
 
@@ -75,22 +87,6 @@ def retie_copies(model: dict) -> dict:
                 value = earlier
         tied[key] = value
     return tied
-
-
-def unreadable_message(label: str, error: Exception) -> str:
-    """Why torch could not read the file; a refused global is named, with the safe advice."""
-    refused = _REFUSED_GLOBAL.search(str(error))
-    if refused:
-        return (
-            f"{label} is not a readable fairseq checkpoint: it needs {refused.group(1)}, which "
-            "safe loading (weights_only) refuses; do not turn safe loading off for a file you "
-            "did not make: pass a checkpoint written by fairseq-train"
-        )
-    first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-    return (
-        f"{label} is not a readable fairseq checkpoint ({type(error).__name__}: {first_line}); "
-        "pass a checkpoint written by fairseq-train"
-    )
 
 
 def save_checkpoint(state: dict, path, force: bool = False) -> int:
