@@ -5,7 +5,9 @@ distillation weights) are rewritten to fairseq's stock ``translation``/``languag
 ``label_smoothed_cross_entropy``, and every remaining object is turned into plain containers, so the
 exported file loads with torch's default ``weights_only=True`` unpickler. ``--fp16`` halves the
 weights; ``--dense`` materialises f(U)·W into a stock dense checkpoint (``transformer*`` arch,
-``embed_tokens.weight``) that plain fairseq loads without the plugin.
+``embed_tokens.weight``) that plain fairseq loads without the plugin; ``--embedding-bits B`` stores
+the embedding (a dense E, or a student's f(U)) as B-bit integer codes that ``fairseq-generate
+--user-dir`` decodes from.
 """
 
 import argparse
@@ -18,13 +20,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint, save_checkpoint
+from fairseq_distilled_emb.cli.quantized_export import quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
+from fairseq_distilled_emb.modules.quantized_embedding import check_bits
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation",
-                     "embedding_factorization")
+                     "embedding_factorization", "embedding_bits", "embedding_bits_from_update")
 PLUGIN_TASK_SUFFIX = "_reconstruction_init"
 DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
 DISTILLATION_CRITERION_KEYS = (
@@ -43,14 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--dense", action="store_true",
                         help="materialise f(U)W into a stock dense transformer checkpoint that "
                              "plain fairseq loads without --user-dir")
+    parser.add_argument("--embedding-bits", type=int, metavar="B",
+                        help="store the embedding as per-row B-bit integer codes (2-8): a dense "
+                             "model's E (post-training quantization) or a low-rank student's "
+                             "f(U), W kept fp32; decodes with --user-dir")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
 
 
 def run(args) -> Dict:
+    if args.embedding_bits is not None and args.dense:
+        raise DistilledEmbeddingError(
+            "--embedding-bits and --dense exclude each other: --dense writes a stock float "
+            "embedding; give one of them")
+    if args.embedding_bits is not None:
+        check_bits(args.embedding_bits)
     state = load_checkpoint(args.checkpoint)
     bytes_before = args.checkpoint.stat().st_size  # before writing: the output may replace it
     before_params = count_parameters(state["model"])
-    exported = export_state(state, dense=args.dense, fp16=args.fp16)
+    exported = export_state(state, dense=args.dense, fp16=args.fp16, bits=args.embedding_bits)
     written = save_checkpoint(exported, args.output, force=args.force)
     report = {
         "params_before": before_params,
@@ -60,7 +74,8 @@ def run(args) -> Dict:
     }
     print(
         f"exported {args.checkpoint} -> {args.output}"
-        f"{' (dense)' if args.dense else ''}{' (fp16)' if args.fp16 else ''}\n"
+        f"{' (dense)' if args.dense else ''}{' (fp16)' if args.fp16 else ''}"
+        f"{f' (int{args.embedding_bits} embedding)' if args.embedding_bits else ''}\n"
         f"parameters: {report['params_before']:,} -> {report['params_after']:,}\n"
         f"bytes:      {report['bytes_before']:,} -> {report['bytes_after']:,} "
         f"({report['bytes_after'] / report['bytes_before']:.1%})"
@@ -68,7 +83,7 @@ def run(args) -> Dict:
     return report
 
 
-def export_state(state: dict, dense: bool = False, fp16: bool = False) -> dict:
+def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None) -> dict:
     """The inference-only checkpoint dict (see module doc)."""
     cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
     if cfg is None:
@@ -80,6 +95,8 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False) -> dict:
     if dense:
         model = materialise_embeddings(model, cfg["model"])
         dense_model_config(cfg["model"])
+    if bits is not None:
+        model = quantize_embeddings(model, cfg["model"], bits)
     if fp16:
         # the compressed embedding stays fp32: f(U)·W cancels heavily (on the demo's 8x student
         # the factors' norm product is ~300x the product's norm), so fp16 factors put ~2.4 % error
@@ -204,6 +221,12 @@ def map_distinct(model: dict, function, keep_keys=frozenset()) -> dict:
             done[identity] = function(value)
         mapped[key] = done[identity]
     return mapped
+
+
+def count_bytes(model: dict) -> int:
+    """Bytes of the distinct tensors as stored (tied weights once; integer codes included)."""
+    distinct = {tensor_identity(v): v for v in model.values() if torch.is_tensor(v)}
+    return sum(v.numel() * v.element_size() for v in distinct.values())
 
 
 def count_parameters(model: dict) -> int:

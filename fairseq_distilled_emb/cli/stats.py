@@ -6,7 +6,7 @@ from typing import Dict
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint
-from fairseq_distilled_emb.cli.export import count_parameters, to_plain
+from fairseq_distilled_emb.cli.export import count_bytes, count_parameters, to_plain
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 
 
@@ -29,13 +29,18 @@ def embedding_summary(model: Dict, model_cfg) -> Dict:
     embedding = count_parameters({k: model[k] for k in embedding_keys})
     total = count_parameters(model)
     summary = {"total_params": total, "embedding_params": embedding,
-               "other_params": total - embedding, "size": None, "compression": None}
+               "other_params": total - embedding, "size": None, "compression": None,
+               "embedding_bytes": count_bytes({k: model[k] for k in embedding_keys}),
+               "tensor_bytes": count_bytes(model)}
     kind, modules = saved_compressed_embeddings(model, model_cfg) if compressed else (None, {})
     if modules:
         summary.update(kind.saved_size(next(iter(modules.values())), model_cfg))
         if summary.get("vocab") and summary.get("dim"):
             dense = factorization.dense_embedding_params(summary["vocab"], summary["dim"])
-            summary["compression"] = dense / count_parameters({k: model[k] for k in compressed})
+            stored = count_parameters({k: model[k] for k in compressed})
+            if kind.kind == "quantized":  # integer codes: the ratio is of bytes against fp32 E
+                dense, stored = 4 * dense, summary["embedding_bytes"]
+            summary["compression"] = dense / stored
     else:
         weight = next((model[k] for k in model if k.endswith("embed_tokens.weight")), None)
         if weight is not None:
@@ -54,6 +59,11 @@ def run_stats(args):
     state = load_checkpoint(args.checkpoint)
     summary = embedding_summary(state["model"], model_config(state))
     summary["size_mb"] = args.checkpoint.stat().st_size / 1e6
+    embedding_bytes = f"{summary['embedding_bytes']:,}"
+    if summary.get("vocab") and summary.get("dim"):
+        fp32 = 4 * factorization.dense_embedding_params(summary["vocab"], summary["dim"])
+        embedding_bytes += (f" ({fp32 / summary['embedding_bytes']:.1f}x fewer than fp32 E, "
+                            f"{fp32 / 2 / summary['embedding_bytes']:.1f}x fewer than fp16 E)")
     rows = [
         ("checkpoint", str(args.checkpoint)),
         ("embedding params", f"{summary['embedding_params']:,}"),
@@ -63,6 +73,8 @@ def run_stats(args):
         ("compressed", "no (dense)" if summary["size"] is None else summary["size"]),
         ("embedding compression", "–" if summary["compression"] is None
          else f"{summary['compression']:.2f}x"),
+        ("embedding bytes", embedding_bytes),
+        ("tensor bytes", f"{summary['tensor_bytes']:,} (every tensor as stored, tied ones once)"),
         ("size", f"{summary['size_mb']:.2f} MB"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -35,5 +35,17 @@ class CompressedEmbeddingConfig(FairseqDataclass):
         metadata={"help": "how the embedding is compressed, a registered kind: 'low-rank' "
                           "(default), Distilled Embedding's f(U)·W; 'tensor-train', the TT-matrix "
                           "baseline of Khrulkov et al. (tensorly-torch: pip install -e "
-                          ".[tensor-train])"},
+                          ".[tensor-train]); 'quantized', integer codes written by "
+                          "fairseq-distilled-emb export --embedding-bits (decoding only)"},
+    )
+    embedding_bits: Optional[int] = field(
+        default=None,
+        metadata={"help": "with low-rank: quantization-aware fine-tuning, f(U) fake-quantized to "
+                          "B-bit per-row codes in the forward pass (straight-through gradient), as "
+                          "export --embedding-bits B stores it; with quantized: the codes' width"},
+    )
+    embedding_bits_from_update: int = field(
+        default=0,
+        metadata={"help": "with --embedding-bits: fake-quantize from this update on (0: the "
+                          "whole fine-tuning; N: only the updates after the first N)"},
     )

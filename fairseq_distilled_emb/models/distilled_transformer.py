@@ -121,6 +121,8 @@ def _distilled_defaults(args):
     args.embedding_compression = getattr(args, "embedding_compression", None)
     args.embedding_activation = getattr(args, "embedding_activation", "relu")
     args.embedding_factorization = getattr(args, "embedding_factorization", "low-rank")
+    args.embedding_bits = getattr(args, "embedding_bits", None)
+    args.embedding_bits_from_update = getattr(args, "embedding_bits_from_update", 0)
 
 
 @register_model_architecture("distilled_transformer", "distilled_transformer")

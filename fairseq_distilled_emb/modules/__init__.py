@@ -17,3 +17,6 @@ from fairseq_distilled_emb.modules.factorized_embedding import (  # noqa: F401
 from fairseq_distilled_emb.modules.tensor_train_embedding import (  # noqa: F401
     TensorTrainEmbedding,
 )
+from fairseq_distilled_emb.modules.quantized_embedding import (  # noqa: F401
+    QuantizedEmbedding,
+)

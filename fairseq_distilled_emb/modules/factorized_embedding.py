@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb import factorization, quantization
+from fairseq_distilled_emb.checkpoints import config_value
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules.compressed_embedding import (
     CompressedEmbedding,
     TeacherInit,
@@ -26,7 +28,8 @@ class FactorizedEmbedding(CompressedEmbedding):
     fairseq's ``sqrt(d)`` scaling is applied by the encoder/decoder as for a dense embedding.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, rank, padding_idx, activation="relu"):
+    def __init__(self, num_embeddings, embedding_dim, rank, padding_idx, activation="relu",
+                 bits=None, bits_from_update=0):
         super().__init__()
         factorization.validate_rank(num_embeddings, embedding_dim, rank)
         self.num_embeddings = num_embeddings
@@ -38,6 +41,11 @@ class FactorizedEmbedding(CompressedEmbedding):
         self.U = nn.Parameter(torch.empty(num_embeddings, rank))
         self.W = nn.Parameter(torch.empty(rank, embedding_dim))
         self.reset_parameters()
+        # quantization-aware fine-tuning: whether f(U) is fake-quantized now is saved with the
+        # factors, so a checkpoint decodes as it was validated (before or after the switch)
+        self.bits, self.bits_from_update = bits, bits_from_update
+        if bits is not None:
+            self.register_buffer("fake_quantized", torch.tensor(int(bits_from_update <= 0)))
 
     @classmethod
     def from_args(cls, args, num_embeddings, embedding_dim, padding_idx):
@@ -45,8 +53,24 @@ class FactorizedEmbedding(CompressedEmbedding):
         rank = factorization.resolve_rank(
             num_embeddings, embedding_dim, getattr(args, "embedding_rank", None),
             getattr(args, "embedding_compression", None))
-        return cls(num_embeddings, embedding_dim, rank, padding_idx,
-                   activation=getattr(args, "embedding_activation", None) or "relu")
+        bits = getattr(args, "embedding_bits", None)
+        activation = getattr(args, "embedding_activation", None) or "relu"
+        if bits is not None:
+            from fairseq_distilled_emb.modules.quantized_embedding import check_bits
+
+            check_bits(bits)
+            if activation != "relu":
+                raise DistilledEmbeddingError(
+                    f"--embedding-bits needs --embedding-activation relu (got {activation}): the "
+                    "per-component rescaling that makes f(U) quantizable relies on ReLU")
+        return cls(num_embeddings, embedding_dim, rank, padding_idx, activation=activation,
+                   bits=bits, bits_from_update=getattr(args, "embedding_bits_from_update", 0) or 0)
+
+    def set_num_updates(self, num_updates):
+        """fairseq's trainer calls this after each update: fake quantization starts at
+        ``--embedding-bits-from-update``."""
+        if self.bits is not None:
+            self.fake_quantized.fill_(int(num_updates >= self.bits_from_update))
 
     def reset_parameters(self):
         """fairseq's normal init, split so that f(U)·W has roughly the dense init's N(0, 1/d) scale.
@@ -75,21 +99,38 @@ class FactorizedEmbedding(CompressedEmbedding):
         """f(U) with the padding row forced to zero (V×r)."""
         return with_zero_row(self.activation_fn(self.U), self.padding_idx)
 
+    def factors(self):
+        """(f(U), W) as the forward pass uses them: with fake quantization on, f(U)'s components
+        rescaled to one range and its rows quantized to ``bits`` (straight-through), and W
+        rescaled back, exactly as :meth:`QuantizedEmbedding.from_factors` stores them."""
+        codes = self.activated_codes()
+        if self.bits is None or not self.fake_quantized:
+            return codes, self.W
+        scales = quantization.column_scales(codes)
+        return (quantization.fake_quantize_rows(codes * scales, self.bits),
+                self.W / scales[:, None])
+
     def forward(self, tokens):
         """f(U)[tokens]·W: gather the r-dim codes first, so a lookup costs r·d per token."""
-        codes = self.activation_fn(F.embedding(tokens, self.U, self.padding_idx))
-        embedded = F.linear(codes, self.W.t())
+        if self.bits is not None and self.fake_quantized:
+            codes, weight = self.factors()
+            embedded = F.linear(F.embedding(tokens, codes), weight.t())
+        else:
+            codes = self.activation_fn(F.embedding(tokens, self.U, self.padding_idx))
+            embedded = F.linear(codes, self.W.t())
         if self.padding_idx is not None:
             embedded = embedded.masked_fill(tokens.eq(self.padding_idx).unsqueeze(-1), 0.0)
         return embedded
 
     def logits(self, hidden):
         """hidden·Eᵀ computed as (hidden·Wᵀ)·f(U)ᵀ: r·(V+d) MACs per token, never V×d."""
-        return F.linear(F.linear(hidden, self.W), self.activated_codes())
+        codes, weight = self.factors()
+        return F.linear(F.linear(hidden, weight), codes)
 
     def materialize(self):
         """The dense V×d matrix f(U)·W (for export, the embedding-distillation loss and tests)."""
-        return self.activated_codes() @ self.W
+        codes, weight = self.factors()
+        return codes @ weight
 
     def num_compressed_params(self):
         return factorization.factorized_embedding_params(
@@ -97,16 +138,28 @@ class FactorizedEmbedding(CompressedEmbedding):
         )
 
     def size_description(self):
-        return f"rank={self.rank}"
+        quantized = "" if self.bits is None else f", f(U) fake-quantized to int{self.bits}"
+        return f"rank={self.rank}{quantized}"
 
     @classmethod
     def owns_key(cls, key):
-        return key.endswith((".U", ".W"))
+        return key.endswith((".U", ".W", ".fake_quantized"))
 
     @classmethod
     def saved_dense_weight(cls, tensors, model_cfg):
-        f = factorization.activation_fn(model_cfg.get("embedding_activation") or "relu")
-        return (f(tensors["U"].float()) @ tensors["W"].float()).to(tensors["U"].dtype)
+        return cls.from_saved(tensors, model_cfg).materialize().detach().to(tensors["U"].dtype)
+
+    @classmethod
+    def from_saved(cls, tensors, model_cfg):
+        """The module a saved state stands for (fake quantization as it was saved)."""
+        (vocab, rank), dim = tensors["U"].shape, tensors["W"].shape[1]
+        module = cls(vocab, dim, rank, None,
+                     activation=config_value(model_cfg, "embedding_activation") or "relu",
+                     bits=config_value(model_cfg, "embedding_bits") if "fake_quantized" in tensors
+                     else None)
+        module.load_state_dict({key: value.float() if value.is_floating_point() else value
+                                for key, value in tensors.items()})
+        return module
 
     @classmethod
     def saved_size(cls, tensors, model_cfg):

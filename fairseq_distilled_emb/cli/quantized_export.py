@@ -1,0 +1,117 @@
+"""``export --embedding-bits B``: a saved model state's embedding replaced by integer codes.
+
+A dense model's E becomes per-row B-bit codes (post-training quantization: the baseline a user gets
+without training); a Distilled Embedding student's f(U) becomes per-row codes after its components
+are rescaled to one range, with W kept fp32 (:meth:`QuantizedEmbedding.from_factors`). The model
+config then names the ``quantized`` kind, so stock ``fairseq-generate --user-dir`` builds a
+:class:`QuantizedEmbedding` that keeps the codes as integers in memory.
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules import (
+    FactorizedEmbedding,
+    QuantizedEmbedding,
+    compressed_keys,
+    saved_compressed_embeddings,
+)
+from fairseq_distilled_emb.modules.quantized_embedding import check_bits
+
+TIED_OUTPUT = "decoder.output_projection"
+
+
+def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: int) -> dict:
+    """``model`` with its (dense or low-rank) embedding stored as ``bits``-bit codes; the model
+    config is rewritten to the ``quantized`` kind of the same architecture family."""
+    check_bits(bits)
+    if compressed_keys(model):
+        groups, rank = _factor_groups(model, model_cfg, bits)
+    else:
+        groups, rank = _dense_groups(model, bits), None
+    quantized = dict(model)
+    for source_keys, prefixes, module in groups:
+        for key in source_keys:
+            quantized.pop(key)
+        tensors = module.state_dict()
+        for prefix in prefixes:
+            quantized.update({f"{prefix}.{name}": value for name, value in tensors.items()})
+    _quantized_model_config(model_cfg, bits, rank)
+    return quantized
+
+
+def _factor_groups(model, model_cfg, bits) -> Tuple[List, int]:
+    """One QuantizedEmbedding per distinct saved factorization (shared ones once)."""
+    kind, modules = saved_compressed_embeddings(model, model_cfg)
+    if kind is QuantizedEmbedding:
+        bits_before = int(next(iter(modules.values()))["code_shape"][2])
+        raise DistilledEmbeddingError(
+            f"--embedding-bits: this checkpoint's embedding is already quantized (int{bits_before} "
+            "codes); quantize the training checkpoint it was exported from instead")
+    if kind is not FactorizedEmbedding:
+        raise DistilledEmbeddingError(
+            f"--embedding-bits: a {kind.kind} embedding cannot be quantized; it works on a dense "
+            "embedding and on a low-rank (Distilled Embedding) one")
+    if (model_cfg.get("embedding_activation") or "relu") != "relu":
+        raise DistilledEmbeddingError(
+            "--embedding-bits: the factors were trained with --embedding-activation "
+            f"{model_cfg.get('embedding_activation')}; quantizing f(U) needs relu (its "
+            "per-component rescaling relies on ReLU's positive homogeneity)")
+    by_tensors = {}
+    for prefix, tensors in modules.items():
+        identity = tuple(sorted((k, v.untyped_storage().data_ptr()) for k, v in tensors.items()))
+        by_tensors.setdefault(identity, (tensors, []))[1].append(prefix)
+    groups = []
+    for tensors, prefixes in by_tensors.values():
+        source = FactorizedEmbedding.from_saved(tensors, model_cfg)
+        with torch.no_grad():
+            module = QuantizedEmbedding.from_factors(source.activated_codes(), source.W, bits)
+        keys = [f"{prefix}.{name}" for prefix in prefixes for name in tensors]
+        groups.append((keys, prefixes, module))
+    return groups, source.rank
+
+
+def _dense_groups(model, bits) -> List:
+    """One QuantizedEmbedding per distinct dense token embedding; the decoder's output layer is
+    quantized with it where it is tied to it (the same tensor)."""
+    output = model.get(f"{TIED_OUTPUT}.weight")
+    by_tensor = {}
+    for key, value in model.items():
+        if key.endswith("embed_tokens.weight"):
+            by_tensor.setdefault(id(value), (value, []))[1].append(key)
+    if not by_tensor:
+        raise DistilledEmbeddingError(
+            "--embedding-bits: the checkpoint has no token embedding (embed_tokens.weight): it is "
+            "not a transformer translation/language model")
+    groups = []
+    for matrix, keys in by_tensor.values():
+        prefixes = [key[: -len(".weight")] for key in keys]
+        if output is matrix:
+            keys.append(f"{TIED_OUTPUT}.weight")
+            prefixes.append(f"{TIED_OUTPUT}.embedding")
+        groups.append((keys, prefixes, QuantizedEmbedding.from_dense(matrix, bits)))
+    return groups
+
+
+def _quantized_model_config(model_cfg: dict, bits: int, rank):
+    """The ``distilled_*`` architecture of the model's family, with the ``quantized`` kind."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    if not arch.startswith("distilled_"):
+        if arch.startswith("transformer_lm"):
+            # every field is saved; fairseq re-runs a named LM arch's function on load, which
+            # would refill unset fields (see export.dense_model_config)
+            arch = "distilled_transformer_lm"
+        elif f"distilled_{arch}" in ARCH_MODEL_REGISTRY:
+            arch = f"distilled_{arch}"
+        else:
+            arch = "distilled_transformer"
+    for key in ("arch", "_name"):
+        if key in model_cfg:
+            model_cfg[key] = arch
+    model_cfg.update(embedding_factorization="quantized", embedding_bits=bits,
+                     embedding_rank=rank, embedding_compression=None,
+                     embedding_activation="relu", embedding_bits_from_update=0)

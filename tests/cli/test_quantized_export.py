@@ -1,0 +1,126 @@
+"""``export --embedding-bits``: real integer codes in the file, decoded by stock fairseq-generate
+exactly as the fake-quantized (quantization-aware) student was trained and validated."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fairseq_distilled_emb.checkpoints import load_checkpoint
+from helpers import PLUGIN_DIR, dictionary_size, hypotheses, run_fairseq, student_train_args
+
+GENERATE = ("--gen-subset", "valid", "--beam", "2", "--batch-size", "50", "--cpu",
+            "--required-batch-size-multiple", "1", "--max-len-b", "10")
+PREFIXES = ("encoder.embed_tokens", "decoder.embed_tokens", "decoder.output_projection.embedding")
+
+
+def export(*args):
+    return subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def generate(data_bin, path, plugin=True):
+    return hypotheses(run_fairseq("generate", data_bin, *(["--user-dir", PLUGIN_DIR] if plugin
+                                                          else []), "--path", path,
+                                  *GENERATE).stdout)
+
+
+@pytest.fixture(scope="module")
+def qat_student(data_bin, tiny_teacher, tmp_path_factory):
+    """A 4x student of the tiny teacher fine-tuned with f(U) fake-quantized to int4 throughout."""
+    save_dir = tmp_path_factory.mktemp("qat-student")
+    run_fairseq("train", *student_train_args(data_bin, tiny_teacher.best, save_dir, 6,
+                                             "--embedding-bits", "4"))
+    return save_dir / "checkpoint_last.pt"
+
+
+def test_int4_factors_are_stored_as_packed_bytes_and_decode_as_trained(
+        data_bin, qat_student, tmp_path):
+    out = tmp_path / "student-int4.pt"
+    result = export("--embedding-bits", "4", qat_student, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = torch.load(out, weights_only=True)["model"]
+    vocabulary = dictionary_size(data_bin)
+    rank = model["decoder.embed_tokens.code_projection"].shape[0]
+    codes = [model[f"{prefix}.codes"] for prefix in PREFIXES]
+    assert all(c.dtype == torch.uint8 and c.shape == (vocabulary, -(-rank // 2)) for c in codes)
+    assert len({c.untyped_storage().data_ptr() for c in codes}) == 1  # tied: stored once
+    assert model["decoder.embed_tokens.code_scales"].dtype == torch.float16
+    # --fp16 halves the body, not W (f(U)·W cancels: fp16 W would undo what the codes keep)
+    halved = tmp_path / "student-int4-fp16.pt"
+    assert export("--fp16", "--embedding-bits", "4", qat_student, halved).returncode == 0
+    assert torch.load(halved, weights_only=True)["model"][
+        "decoder.embed_tokens.code_projection"].dtype == torch.float32
+    assert model["decoder.embed_tokens.code_projection"].dtype == torch.float32
+    assert not any(key.endswith((".U", ".W")) for key in model)
+    # stock fairseq-generate with --user-dir decodes the codes as the fake-quantized model did
+    assert generate(data_bin, out) == generate(data_bin, qat_student)
+    # stats: the embedding's bytes as stored, against fp32 and fp16 E
+    stats = subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "stats", str(out)],
+                           capture_output=True, text=True).stdout
+    stored = vocabulary * (-(-rank // 2) + 4) + rank * 64 * 4 + 3 * 8  # + code_shape
+    fp32 = vocabulary * 64 * 4
+    assert re.search(r"^embedding bytes +(.+)$", stats, re.M)[1] == (
+        f"{stored:,} ({fp32 / stored:.1f}x fewer than fp32 E, {fp32 / 2 / stored:.1f}x fewer "
+        "than fp16 E)")
+    assert re.search(r"^compressed +(.+)$", stats, re.M)[1] == f"rank={rank}, f(U) in int4 codes"
+
+
+def test_the_exported_model_scores_a_batch_as_the_trained_one(data_bin, qat_student, tmp_path):
+    from fairseq import checkpoint_utils
+
+    import fairseq_distilled_emb  # noqa: F401  (registers the plugin's models)
+
+    out = tmp_path / "student-int4.pt"
+    assert export("--embedding-bits", "4", qat_student, out).returncode == 0
+    losses = []
+    for path in (qat_student, out):
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+        task.load_dataset("valid")
+        batch = next(iter(task.get_batch_iterator(
+            task.dataset("valid"), max_sentences=16).next_epoch_itr(shuffle=False)))
+        model = models[0].eval()
+        with torch.no_grad():
+            logits = model(**batch["net_input"])[0]
+        losses.append(torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.size(-1)), batch["target"].view(-1),
+            ignore_index=task.target_dictionary.pad(), reduction="sum"))
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=0)
+
+
+def test_post_training_codes_of_a_dense_teacher_decode_as_their_dequantized_matrix(
+        data_bin, tiny_teacher, tmp_path):
+    codes, dense = tmp_path / "teacher-int4.pt", tmp_path / "teacher-int4-dense.pt"
+    assert export("--embedding-bits", "4", tiny_teacher.best, codes).returncode == 0
+    saved = load_checkpoint(codes)
+    assert saved["cfg"]["model"]["embedding_factorization"] == "quantized"
+    assert saved["model"]["decoder.embed_tokens.codes"].dtype == torch.uint8
+    assert "decoder.embed_tokens.code_projection" not in saved["model"]
+    # the codes, dequantized into a stock dense checkpoint, translate as the codes do
+    assert export("--dense", codes, dense).returncode == 0
+    assert generate(data_bin, codes) == generate(data_bin, dense, plugin=False)
+
+
+@pytest.mark.parametrize("case", ["bits", "dense", "twice"])
+def test_bad_bits_requests_are_one_error_line_and_nothing_written(
+        tiny_teacher, tmp_path, case):
+    source = tiny_teacher.best
+    if case == "twice":
+        source = tmp_path / "int8.pt"
+        assert export("--embedding-bits", "8", tiny_teacher.best, source).returncode == 0
+    args = {"bits": ("--embedding-bits", "9"), "dense": ("--embedding-bits", "4", "--dense"),
+            "twice": ("--embedding-bits", "4")}[case]
+    result = export(*args, source, tmp_path / "out.pt")
+    expected = {
+        "bits": "--embedding-bits 9 is not supported: choose one of 2, 3, 4, 5, 6, 7, 8",
+        "dense": "--embedding-bits and --dense exclude each other: --dense writes a stock float "
+                 "embedding; give one of them",
+        "twice": "--embedding-bits: this checkpoint's embedding is already quantized (int8 "
+                 "codes); quantize the training checkpoint it was exported from instead",
+    }[case]
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"fairseq-distilled-emb export: error: {expected}"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.pt").exists()

@@ -1,0 +1,104 @@
+"""QuantizedEmbedding (integer codes) and quantization-aware fine-tuning of the factorized one."""
+
+import pytest
+import torch
+
+from fairseq_distilled_emb import quantization
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules import FactorizedEmbedding, QuantizedEmbedding
+from helpers import build_model_from_flags
+
+
+def _trained_like_factors(seed=0):
+    torch.manual_seed(seed)
+    embedding = FactorizedEmbedding(300, 64, 10, padding_idx=1)
+    with torch.no_grad():
+        # components of ranges 100x apart, compensated in W (what training leaves: f(U)·W is
+        # unchanged by such a rescaling, so nothing pulls the ranges together)
+        ranges = 10 ** (torch.rand(10) * 4 - 2)
+        embedding.U.mul_(ranges)
+        embedding.W.div_(ranges[:, None])
+        embedding.U[1].zero_()
+    return embedding
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3])
+def test_codes_decode_exactly_what_fake_quantization_computes(bits):
+    source = _trained_like_factors()
+    qat = FactorizedEmbedding(300, 64, 10, padding_idx=1, bits=bits)
+    qat.load_state_dict(source.state_dict(), strict=False)
+    assert int(qat.fake_quantized) == 1  # from update 0 by default
+    quantized = QuantizedEmbedding.from_factors(
+        source.activated_codes().detach(), source.W.detach(), bits, padding_idx=1)
+    assert quantized.codes.dtype == torch.uint8
+    assert quantized.codes.shape == (300, -(-10 * bits // 8))
+    assert quantized.code_projection.dtype == torch.float32
+    tokens = torch.tensor([[5, 1, 299], [0, 2, 1]])
+    hidden = torch.randn(2, 3, 64)
+    assert torch.equal(quantized(tokens), qat(tokens))
+    assert torch.equal(quantized.logits(hidden), qat.logits(hidden))
+    assert torch.equal(quantized.materialize(), qat.materialize().detach())
+    assert torch.equal(quantized(tokens)[0, 1], torch.zeros(64))  # padding
+
+
+def test_lookup_gathers_rows_of_the_same_table_the_logits_use():
+    torch.manual_seed(0)
+    dense = torch.randn(100, 16)
+    quantized = QuantizedEmbedding.from_dense(dense, 4, padding_idx=None)
+    table = quantized.materialize()
+    tokens = torch.tensor([[3, 7, 99]])
+    assert torch.equal(quantized(tokens)[0], table[[3, 7, 99]])
+    hidden = torch.randn(1, 2, 16)
+    assert torch.allclose(quantized.logits(hidden), hidden @ table.t(), rtol=1e-5, atol=1e-5)
+    relative = (table - dense).norm() / dense.norm()
+    assert 0.02 < relative < 0.15  # int4: a few per cent, not exact
+
+
+def test_rescaled_factor_codes_keep_e_far_closer_than_naive_codes():
+    """The issue's probe: naive per-row codes of f(U) lose the cancellation in f(U)·W; the
+    per-component rescaling keeps it."""
+    source = _trained_like_factors()
+    codes, weight = source.activated_codes().detach(), source.W.detach()
+    exact = codes @ weight
+    naive = quantization.dequantize_rows(quantization.quantize_rows(codes, 4), 4, 10) @ weight
+    rescaled = QuantizedEmbedding.from_factors(codes, weight, 4).materialize()
+    naive_error = ((naive - exact).norm() / exact.norm()).item()
+    rescaled_error = ((rescaled - exact).norm() / exact.norm()).item()
+    assert rescaled_error < 0.25 * naive_error, (rescaled_error, naive_error)
+
+
+def test_fake_quantization_starts_at_its_update():
+    embedding = FactorizedEmbedding(300, 64, 10, padding_idx=1, bits=4, bits_from_update=5)
+    plain = embedding.activated_codes() @ embedding.W
+    assert int(embedding.fake_quantized) == 0
+    assert torch.equal(embedding.materialize(), plain)
+    embedding.set_num_updates(5)
+    assert int(embedding.fake_quantized) == 1
+    assert not torch.equal(embedding.materialize(), plain)
+    # what is quantized now is saved with the factors
+    assert embedding.state_dict()["fake_quantized"].item() == 1
+
+
+def test_the_flags_build_a_fake_quantized_student(data_bin):
+    _, _, model = build_model_from_flags(
+        data_bin, "--share-all-embeddings", "--embedding-compression", "4",
+        "--embedding-bits", "4", "--embedding-bits-from-update", "3")
+    embedding = model.decoder.embed_tokens
+    assert (embedding.bits, embedding.bits_from_update) == (4, 3)
+    model.set_num_updates(3)  # what fairseq's trainer calls after each update
+    assert int(embedding.fake_quantized) == 1
+    assert embedding.size_description() == f"rank={embedding.rank}, f(U) fake-quantized to int4"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--embedding-bits", "1"), "--embedding-bits 1 is not supported: choose one of 2, 3, 4, 5, "
+     "6, 7, 8"),
+    (("--embedding-bits", "4", "--embedding-activation", "gelu"), "--embedding-bits needs "
+     "--embedding-activation relu (got gelu): the per-component rescaling that makes f(U) "
+     "quantizable relies on ReLU"),
+])
+def test_bad_bits_flags_are_one_clear_error(data_bin, flags, message):
+    with pytest.raises(DistilledEmbeddingError) as error:
+        build_model_from_flags(data_bin, "--share-all-embeddings", "--embedding-compression", "4",
+                               *flags)
+    assert str(error.value) == message
