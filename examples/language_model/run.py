@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 
 from examples import dense_size
 from examples.language_model.perplexity_table import write_report
-from examples.language_model.profiles import (  # noqa: F401  (also read as recipe.X by other scripts)
+from examples.language_model.profiles import (  # noqa: F401  (also read as recipe.X elsewhere)
     ALL_ROWS,
     COMMON_TRAIN,
     MAIN_ROWS,
@@ -39,6 +39,7 @@ from examples.language_model.profiles import (  # noqa: F401  (also read as reci
     Profile,
 )
 from examples.multi30k import run as recipe  # the translation recipe's stages, imported
+from examples.multi30k.commands import merge_flags
 
 REPO = recipe.REPO
 run, train, write_json = recipe.run, recipe.train, recipe.write_json
@@ -92,22 +93,26 @@ def arch_flags(dim: int, layers: int, heads: int) -> List[str]:
 def teacher_flags(profile: Profile, args, dim: Optional[int] = None) -> List[str]:
     """A stock dense transformer_lm_gpt (``dim``: another width) with the teacher's recipe;
     --user-dir only for its torch.load allow-list (resuming, --finetune-from-model)."""
-    return (["--user-dir", str(PLUGIN), "--task", "language_modeling", "--arch", "transformer_lm_gpt",
-             "--criterion", "cross_entropy", "--max-tokens", str(profile.max_tokens)]
-            + SENTENCES + arch_flags(dim or profile.dim, profile.layers, profile.heads)
-            + COMMON_TRAIN + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
+    return merge_flags(
+        ["--user-dir", str(PLUGIN), "--task", "language_modeling", "--arch", "transformer_lm_gpt",
+         "--criterion", "cross_entropy", "--max-tokens", str(profile.max_tokens)],
+        SENTENCES, arch_flags(dim or profile.dim, profile.layers, profile.heads),
+        COMMON_TRAIN, profile.teacher_train, device_flags(args.use_gpu, args.fp16))
 
 
 def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
+    """A compressed student of ``teacher``: the teacher's shape, the common training flags with
+    the profile's fine-tuning schedule, the LM students' β, then the row's own flags (a row's
+    ``--embedding-distill-weight`` replaces that β)."""
     spec = ROWS[row]
-    return (["--user-dir", str(PLUGIN), "--task", "language_modeling_reconstruction_init",
-             "--teacher-path", str(teacher), "--arch", "distilled_transformer_lm_gpt",
-             "--embedding-compression", str(spec.compression),
-             "--criterion", "label_smoothed_cross_entropy_with_distillation",
-             "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)]
-            + SENTENCES + arch_flags(profile.dim, profile.layers, profile.heads) + COMMON_TRAIN
-            + profile.student_train + STUDENT_BETA + list(spec.flags)
-            + device_flags(args.use_gpu, args.fp16))
+    return merge_flags(
+        ["--user-dir", str(PLUGIN), "--task", "language_modeling_reconstruction_init",
+         "--teacher-path", str(teacher), "--arch", "distilled_transformer_lm_gpt",
+         "--embedding-compression", str(spec.compression),
+         "--criterion", "label_smoothed_cross_entropy_with_distillation",
+         "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)],
+        SENTENCES, arch_flags(profile.dim, profile.layers, profile.heads), COMMON_TRAIN,
+        profile.student_train, STUDENT_BETA, spec.flags, device_flags(args.use_gpu, args.fp16))
 
 
 _EVAL_LM = re.compile(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)")
@@ -168,8 +173,8 @@ def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path,
         width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
         return teacher_flags(profile, args, dim=width)
     if spec.kind == "continued":
-        return (teacher_flags(profile, args) + profile.student_train
-                + ["--finetune-from-model", str(teacher)])
+        return merge_flags(teacher_flags(profile, args), profile.student_train,
+                           ["--finetune-from-model", str(teacher)])
     return student_flags(row, profile, args, teacher)
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Multi30k De→En: dense teacher → Distilled Embedding students and baselines → sacreBLEU table.
+"""Multi30k translation between any two of its languages (--source-lang, --target-lang; de→en by
+default): dense teacher → Distilled Embedding students and baselines → sacreBLEU table.
 
 Every stage runs stock fairseq commands (fairseq-preprocess, fairseq-train, fairseq-generate) and writes
 its output under ``--results``; a stage whose output exists is skipped, so an interrupted run continues
@@ -52,6 +53,7 @@ from examples.multi30k.stages import (  # noqa: F401  (the stages, also for othe
     run,
     sentencepiece_encode,
     train,
+    train_command,
     verify_shipped_teacher,
     write_json,
 )

@@ -201,7 +201,7 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     if done.exists():
         return refuse_other_settings(done, settings)
     started = time.perf_counter()
-    output = run([fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags,
+    output = run(train_command(data_bin, save_dir, flags),
                  results / "logs" / f"{log_name}.train.log")
     summary = parse_train_log(output)
     if (save_dir / "reconstruction.json").exists():  # a student: what the task wrote at its start
@@ -210,6 +210,11 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     summary["settings"] = settings
     write_json(done, summary)
     return summary
+
+
+def train_command(data_bin: Path, save_dir: Path, flags: List[str]) -> List[str]:
+    """The fairseq-train command line of a stage, exactly as it is run and printed."""
+    return [fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags
 
 
 def parse_train_log(output: str) -> Dict:

@@ -1,13 +1,15 @@
 """The fairseq-train flags of every stage of the Multi30k recipe: the teacher (a stock
 transformer), each compressed student of it, the same-size dense rows and the teacher trained on.
 One module so that what a row trains with can be built, printed and checked without training
-(``tests/examples/``, ``benchmarks/schedule_sweep.py``); ``run.py`` runs them."""
+(``tests/examples/``, ``benchmarks/schedule_sweep.py``); ``run.py`` runs them. Each command is
+its groups of flags merged (``merge_flags``): a later group's flag replaces an earlier one's, so
+every flag appears once, with the value argparse would have kept."""
 
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from examples import dense_size
-from examples.multi30k.commands import device_flags
+from examples.multi30k.commands import device_flags, merge_flags
 from examples.multi30k.profiles import COMMON_TRAIN, ROWS
 from examples.multi30k.stages import PLUGIN, Profile
 from fairseq_distilled_emb import factorization
@@ -22,23 +24,27 @@ def teacher_flags(profile: Profile, args, arch: Optional[List[str]] = None) -> L
     """A stock dense transformer trained with the teacher's recipe (``arch``: another shape)."""
     # --user-dir only for its torch.load allow-list: an interrupted stock run resumes from
     # checkpoint_last.pt, which torch >= 2.6 refuses to unpickle without it
-    return (["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
-             "--task", "translation",
-             "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
-             str(profile.max_tokens)] + (profile.teacher_arch if arch is None else arch)
-            + COMMON_TRAIN + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
+    return merge_flags(
+        ["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
+         "--task", "translation", "--criterion", "label_smoothed_cross_entropy",
+         "--max-tokens", str(profile.max_tokens)],
+        profile.teacher_arch if arch is None else arch,
+        COMMON_TRAIN, profile.teacher_train, device_flags(args.use_gpu, args.fp16))
 
 
 def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
+    """A compressed student of ``teacher``: the teacher's shape, the common training flags with
+    the profile's fine-tuning schedule at the row's compression (cosine replaces the common
+    inverse-sqrt), then the row's own flags."""
     spec = ROWS[row]
-    return (["--user-dir", str(PLUGIN), "--arch", "distilled_transformer", "--share-all-embeddings",
-             "--task", "translation_reconstruction_init", "--teacher-path", str(teacher),
-             "--embedding-compression", str(spec.compression),
-             "--criterion", "label_smoothed_cross_entropy_with_distillation",
-             "--max-tokens", str(profile.max_tokens)]
-            + profile.teacher_arch + COMMON_TRAIN + profile.fine_tuning(spec.compression)
-            + list(spec.flags)
-            + device_flags(args.use_gpu, args.fp16))
+    return merge_flags(
+        ["--user-dir", str(PLUGIN), "--arch", "distilled_transformer", "--share-all-embeddings",
+         "--task", "translation_reconstruction_init", "--teacher-path", str(teacher),
+         "--embedding-compression", str(spec.compression),
+         "--criterion", "label_smoothed_cross_entropy_with_distillation",
+         "--max-tokens", str(profile.max_tokens)],
+        profile.teacher_arch, COMMON_TRAIN, profile.fine_tuning(spec.compression), spec.flags,
+        device_flags(args.use_gpu, args.fp16))
 
 
 def dense_flags(profile: Profile, args, vocab: int, target_params: int) -> List[str]:
@@ -74,6 +80,6 @@ def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path) -> Li
         target = dense_target_params(teacher_total, vocab, dim, spec.compression)
         return dense_flags(profile, args, vocab, target)
     if spec.kind == "continued":
-        return (teacher_flags(profile, args) + profile.fine_tuning(spec.compression)
-                + ["--finetune-from-model", str(teacher)])
+        return merge_flags(teacher_flags(profile, args), profile.fine_tuning(spec.compression),
+                           ["--finetune-from-model", str(teacher)])
     return student_flags(row, profile, args, teacher)
