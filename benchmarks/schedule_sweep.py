@@ -5,10 +5,11 @@ Reuses a finished ``examples/<recipe>/run.py`` results directory (``--recipe mul
 default, scores valid BLEU; ``--recipe language_model`` valid perplexity) (its data-bin, teacher and, for
 ``--train-data teacher|both``, its sequence-KD data) and trains one student row per point of the
 grid given on the command line (the cartesian product of every list), each with the recipe's own
-stages: the profile's student flags, then the point's schedule on top. Every point is scored on
-``valid`` with the recipe's own evaluation, and its best validation loss; each finished point is
-skipped on a re-run, so the sweep resumes where it stopped and grows by adding values. The table of
-every point found under ``<results>/sweep`` is rewritten after each point (sorted by valid BLEU).
+stages: the profile's student flags with the point's schedule merged over them. Every point is
+scored on ``valid`` with the recipe's own evaluation, and its best validation loss; each finished
+point is skipped on a re-run, so the sweep resumes where it stopped and grows by adding values. The
+table of every point found under ``<results>/sweep`` is rewritten after each point (sorted by valid
+BLEU).
 
     python -m benchmarks.schedule_sweep --results results/multi30k-demo --profile demo \\
         --lr 5e-4 1e-3 2e-3 --scheduler inverse_sqrt fixed cosine --updates 250
@@ -20,12 +21,13 @@ import json
 from pathlib import Path
 
 from benchmarks.common import load_recipe
+from examples.multi30k.commands import merge_flags
 
 SCHEDULERS = ("inverse_sqrt", "fixed", "cosine")
 
 
 def schedule_flags(lr, scheduler, warmup, updates, beta, embedding_first):
-    """The point's flags, appended after the profile's (argparse keeps the last value)."""
+    """The point's flags; they replace the profile's own (``merge_flags``)."""
     flags = ["--lr", f"{lr:g}", "--lr-scheduler", scheduler, "--warmup-updates", str(warmup),
              "--max-update", str(updates), "--embedding-distill-weight", f"{beta:g}",
              "--embedding-first-updates", str(embedding_first)]
@@ -91,8 +93,8 @@ def main():
         if (save_dir / "point.json").exists():
             continue
         row_data = recipe.training_data(args, profile, args.results, data_bin, teacher, data)
-        flags = recipe.student_flags(row, profile, args, teacher) + schedule_flags(
-            lr, scheduler, warmup, updates, beta, embedding_first)
+        flags = merge_flags(recipe.student_flags(row, profile, args, teacher), schedule_flags(
+            lr, scheduler, warmup, updates, beta, embedding_first))
         summary = recipe.train(row_data, save_dir, flags, name, args.results)
         score = recipe.evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, args.results,
                                 args, profile, name, subset="valid")

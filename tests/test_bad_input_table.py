@@ -1,8 +1,9 @@
-"""Every row of the README's "Bad input" table, run through the real command.
+"""Every row of the "Bad input" table (docs/bad-input.md, linked from the README), run through the
+real command.
 
 Each case runs the stock console script (``fairseq-train`` or ``fairseq-distilled-emb``) on a real
 bad input and asserts three things: the last line printed is exactly the expected ``error:`` line
-(and the only line that says "error", with no traceback); the README row's message, read as a
+(and the only line that says "error", with no traceback); the table row's message, read as a
 pattern (``…`` = anything, ``X``/``N``/``M`` = a path or number), matches that line, so the table
 cannot drift from the code; and nothing the user had was written or changed (the save directory
 holds only the user's own file, every input file keeps its bytes, no export output appears).
@@ -24,12 +25,14 @@ from helpers import dictionary_size, student_train_args
 DIM, TEACHER_LAYERS = 64, 2  # transformer_tiny, the shape of the tiny_teacher fixture
 
 
-def readme_table():
-    """``{input cell: [message patterns]}`` of the README's "Bad input" table."""
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+TABLE = REPO_ROOT / "docs" / "bad-input.md"
+
+
+def documented_table():
+    """``{input cell: [message patterns]}`` of the "Bad input" table in ``docs/bad-input.md``."""
+    text = TABLE.read_text(encoding="utf-8")
     rows = {}
-    for line in section.splitlines():
+    for line in (line for line in text.splitlines() if line.startswith("|")):
         cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
         if len(cells) == 2 and cells[0] not in ("input", "---|---"):
             rows[cells[0]] = re.findall(r"`([^`]+)`", cells[1].split(" (nothing runs")[0])
@@ -37,7 +40,7 @@ def readme_table():
 
 
 def as_pattern(documented: str) -> re.Pattern:
-    """A README message as a regex over the error line's message: ``…`` is any text, ``X`` a
+    """A documented message as a regex over the error line's message: ``…`` is any text, ``X`` a
     path, ``N``/``M`` a number; a message documented without its tool starts after ``error: ``."""
     pattern = re.escape(documented).replace("…", ".*")
     pattern = re.sub(r"\bX\b", r"\\S+", pattern)
@@ -258,7 +261,7 @@ def structurally_invalid(c):
     return runs
 
 
-CASES = {  # README input cell -> the case
+CASES = {  # the table's input cell -> the case
     "`--embedding-rank 64` with d = 64": rank_64,
     "`--embedding-rank 0`": lambda c: (
         c.train_plain("--share-all-embeddings", "--embedding-rank", "0"),
@@ -308,15 +311,15 @@ CASES = {  # README input cell -> the case
 }
 
 
-def test_every_readme_row_has_a_case():
-    assert sorted(readme_table()) == sorted(CASES)
+def test_every_documented_row_has_a_case():
+    assert sorted(documented_table()) == sorted(CASES)
 
 
 @pytest.mark.parametrize("row", sorted(CASES))
-def test_readme_row_through_the_real_command(row, data_bin, tiny_teacher, tmp_path):
+def test_documented_row_through_the_real_command(row, data_bin, tiny_teacher, tmp_path):
     case = Case(data_bin, tiny_teacher.best, tmp_path)
     runs = CASES[row](case)
-    documented = [as_pattern(message) for message in readme_table()[row]]
+    documented = [as_pattern(message) for message in documented_table()[row]]
     for result, expected in runs if isinstance(runs, list) else [runs]:
         output = combined_output(result)
         exit_code = 2 if expected.startswith("fairseq-distilled-emb") else 1
@@ -324,7 +327,8 @@ def test_readme_row_through_the_real_command(row, data_bin, tiny_teacher, tmp_pa
         assert result.stderr.strip().splitlines()[-1] == expected, output[-3000:]
         assert [line for line in output.splitlines() if "error" in line.lower()] == [expected]
         assert any(pattern.fullmatch(expected) for pattern in documented), (
-            f"README row {row!r} documents {readme_table()[row]}, the command says {expected!r}")
+            f"{TABLE.name} row {row!r} documents {documented_table()[row]}, "
+            f"the command says {expected!r}")
     assert all(case.unchanged), "an input file, the teacher or the data changed"
     assert [p.name for p in case.save_dir.iterdir()] == ["keep.txt"]
     assert (case.save_dir / "keep.txt").read_text() == "a user's file"

@@ -88,7 +88,7 @@ REFUSAL = ("is not a readable fairseq checkpoint: it needs posix.system, which s
            "pass a checkpoint written by fairseq-train")
 
 
-# Without the variable, the teacher, stats and export cases are a row of the README's table
+# Without the variable, the teacher, stats and export cases are a row of docs/bad-input.md's table
 # (tests/test_bad_input_table.py); here with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1.
 def test_code_running_teacher_is_refused_and_never_runs_whatever_the_env(data_bin, hostile, tmp_path):
     path, marker = hostile

@@ -23,13 +23,23 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from benchmarks import report
 from examples import dense_size
+from examples.language_model.perplexity_table import write_report
+from examples.language_model.profiles import (  # noqa: F401  (also read as recipe.X elsewhere)
+    ALL_ROWS,
+    COMMON_TRAIN,
+    MAIN_ROWS,
+    PROFILES,
+    ROWS,
+    STUDENT_BETA,
+    TEACHER_DESCRIPTION,
+    Profile,
+)
 from examples.multi30k import run as recipe  # the translation recipe's stages, imported
+from examples.multi30k.commands import merge_flags
 
 REPO = recipe.REPO
 run, train, write_json = recipe.run, recipe.train, recipe.write_json
@@ -41,93 +51,6 @@ PLUGIN = REPO / "fairseq_distilled_emb"
 SPLITS = recipe.SPLITS
 # Multi30k captions are independent sentences: one sentence per sample, for training and evaluation.
 SENTENCES = ["--sample-break-mode", "eos", "--tokens-per-sample", "128"]
-
-
-# ------------------------------------------------------------------------------------ profiles
-
-
-@dataclass
-class Profile:
-    """Everything a profile changes: data size, model size, update budgets and which rows run."""
-
-    max_sentences: Optional[int]  # lines of each split used (None = all)
-    vocab_size: int
-    dim: int
-    layers: int
-    heads: int
-    teacher_train: List[str]
-    student_train: List[str]
-    rows: List[str]
-    max_tokens: int = 4096
-    notes: str = ""
-
-
-ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
-            "distilled_16x", "distilled_output_kd_8x", "teacher_continued"]
-MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
-             "teacher_continued"]
-PROFILES = {
-    "ci": Profile(
-        max_sentences=400, vocab_size=500, dim=64, layers=2, heads=2,
-        teacher_train=["--lr", "2e-3", "--warmup-updates", "5", "--max-update", "12"],
-        student_train=["--lr", "5e-4", "--warmup-updates", "2", "--max-update", "4"],
-        rows=MAIN_ROWS, max_tokens=2000,
-        notes="CI profile: a few hundred sentences and a few updates; perplexities are "
-        "meaningless here.",
-    ),
-    "demo": Profile(
-        max_sentences=None, vocab_size=4000, dim=128, layers=2, heads=4,
-        teacher_train=["--lr", "3e-3", "--warmup-updates", "100", "--max-update", "300"],
-        # chosen on valid perplexity (benchmarks/results/schedule-sweep-lm-demo/)
-        student_train=recipe.cosine_fine_tuning(3e-3, 300),
-        rows=MAIN_ROWS,
-        notes="Demo profile: teacher d=128, 2 layers, FFN 512, 300 updates of ≤4,096 tokens "
-        "(about 3 epochs of the 29k English training captions, sentencepiece 4k); 300 "
-        "fine-tuning updates per student (cosine from 3e-3, β=0: chosen on valid); the smaller-dim "
-        "dense model gets the teacher's 300 updates from scratch, the continued teacher the "
-        "students' 300. Sized for a few minutes of 2 idle CPU cores: the teacher is far from "
-        "converged.",
-    ),
-    "full": Profile(
-        max_sentences=None, vocab_size=8000, dim=256, layers=4, heads=4,
-        teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "50",
-                       "--patience", "5"],
-        # the demo's choice (cosine from the teacher's peak) carried over, not checked on valid
-        student_train=recipe.cosine_fine_tuning(1e-3, 2000),
-        rows=ALL_ROWS,
-        notes="Full profile: teacher d=256, 4 layers, FFN 1024 (early stopping on valid loss, "
-        "patience 5, ≤50 epochs); every student row gets the same 2,000 fine-tuning updates.",
-    ),
-}
-
-# The translation recipe's row declarations, plus the dense LM of the 8x student's total size.
-ROWS = {**{name: recipe.ROWS[name] for name in ALL_ROWS if name in recipe.ROWS},
-        "smaller_dim": recipe.Row("smaller_dim", "smaller-dim dense, same total params as the 8x "
-                                  "student, from scratch", kind="dense", compression=8)}
-TEACHER_DESCRIPTION = "dense teacher (stock transformer_lm_gpt shape, tied embedding)"
-# β of the embedding-distillation term, chosen on valid perplexity for the LM students
-# (benchmarks/results/schedule-sweep-lm-demo/: β 0 / 0.1 / 1 -> 34.94 / 35.07 / 36.29 at 300
-# updates); a row's own flags still override it
-STUDENT_BETA = ["--embedding-distill-weight", "0"]
-COLUMNS = (
-    ("row", "row"),
-    ("description", "what"),
-    ("embedding_params", "emb. params"),
-    ("total_params", "total params"),
-    ("perplexity", "test ppl"),
-    ("reconstruction_error", "recon. rel. err"),
-    ("train_seconds", "train s"),
-    ("eval_tokens_per_second", "eval tok/s"),
-    ("checkpoint_bytes", "ckpt MB"),
-)
-COMMON_TRAIN = [
-    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
-    "--lr-scheduler", "inverse_sqrt", "--weight-decay", "0.01", "--no-epoch-checkpoints",
-    "--log-format", "simple", "--log-interval", "50", "--seed", "1",
-]
-
-
-# ------------------------------------------------------------------------------------ stages
 
 
 def read_split(data_dir: Path, split: str, limit: Optional[int]) -> List[str]:
@@ -170,22 +93,26 @@ def arch_flags(dim: int, layers: int, heads: int) -> List[str]:
 def teacher_flags(profile: Profile, args, dim: Optional[int] = None) -> List[str]:
     """A stock dense transformer_lm_gpt (``dim``: another width) with the teacher's recipe;
     --user-dir only for its torch.load allow-list (resuming, --finetune-from-model)."""
-    return (["--user-dir", str(PLUGIN), "--task", "language_modeling", "--arch", "transformer_lm_gpt",
-             "--criterion", "cross_entropy", "--max-tokens", str(profile.max_tokens)]
-            + SENTENCES + arch_flags(dim or profile.dim, profile.layers, profile.heads)
-            + COMMON_TRAIN + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
+    return merge_flags(
+        ["--user-dir", str(PLUGIN), "--task", "language_modeling", "--arch", "transformer_lm_gpt",
+         "--criterion", "cross_entropy", "--max-tokens", str(profile.max_tokens)],
+        SENTENCES, arch_flags(dim or profile.dim, profile.layers, profile.heads),
+        COMMON_TRAIN, profile.teacher_train, device_flags(args.use_gpu, args.fp16))
 
 
 def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
+    """A compressed student of ``teacher``: the teacher's shape, the common training flags with
+    the profile's fine-tuning schedule, the LM students' β, then the row's own flags (a row's
+    ``--embedding-distill-weight`` replaces that β)."""
     spec = ROWS[row]
-    return (["--user-dir", str(PLUGIN), "--task", "language_modeling_reconstruction_init",
-             "--teacher-path", str(teacher), "--arch", "distilled_transformer_lm_gpt",
-             "--embedding-compression", str(spec.compression),
-             "--criterion", "label_smoothed_cross_entropy_with_distillation",
-             "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)]
-            + SENTENCES + arch_flags(profile.dim, profile.layers, profile.heads) + COMMON_TRAIN
-            + profile.student_train + STUDENT_BETA + list(spec.flags)
-            + device_flags(args.use_gpu, args.fp16))
+    return merge_flags(
+        ["--user-dir", str(PLUGIN), "--task", "language_modeling_reconstruction_init",
+         "--teacher-path", str(teacher), "--arch", "distilled_transformer_lm_gpt",
+         "--embedding-compression", str(spec.compression),
+         "--criterion", "label_smoothed_cross_entropy_with_distillation",
+         "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)],
+        SENTENCES, arch_flags(profile.dim, profile.layers, profile.heads), COMMON_TRAIN,
+        profile.student_train, STUDENT_BETA, spec.flags, device_flags(args.use_gpu, args.fp16))
 
 
 _EVAL_LM = re.compile(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)")
@@ -229,71 +156,44 @@ def training_data(args, profile: Profile, results: Path, data_bin: Path, teacher
     return data_bin
 
 
-
-
 def dictionary_size(data_bin: Path) -> int:
     """Symbols of fairseq's dictionary: 4 specials + one per line of dict.txt."""
     return 4 + sum(1 for _ in open(data_bin / "dict.txt", encoding="utf-8"))
 
 
+def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path,
+              teacher_total: Optional[int]) -> List[str]:
+    """The fairseq-train flags of one row: a student of ``teacher``, a narrower dense LM with the
+    ``compression``x student's total parameters (``teacher_total``: the teacher's parameter
+    count as its training logged it; only the dense rows read it), or the teacher trained on
+    with the students' schedule."""
+    spec = ROWS[row]
+    if spec.kind == "dense":
+        target = recipe.dense_target_params(teacher_total, vocab, profile.dim, spec.compression)
+        width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
+        return teacher_flags(profile, args, dim=width)
+    if spec.kind == "continued":
+        return merge_flags(teacher_flags(profile, args), profile.student_train,
+                           ["--finetune-from-model", str(teacher)])
+    return student_flags(row, profile, args, teacher)
+
+
 def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
              teacher_summary: Dict) -> Dict[str, Dict]:
     rows = {}
-    vocab, dim = dictionary_size(data_bin), profile.dim
+    vocab = dictionary_size(data_bin)
     for row in args.rows or profile.rows:
         save_dir = results / "rows" / row
         spec = ROWS[row]
-        if spec.kind == "dense":
-            target = recipe.dense_target_params(teacher_summary["total_params"], vocab, dim,
-                                                spec.compression)
-            width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
-            flags = teacher_flags(profile, args, dim=width)
-        elif spec.kind == "continued":
-            flags = (teacher_flags(profile, args) + profile.student_train
-                     + ["--finetune-from-model", str(teacher_ckpt)])
-        else:
-            flags = student_flags(row, profile, args, teacher_ckpt)
+        flags = row_flags(row, profile, args, vocab, teacher_ckpt,
+                          teacher_summary.get("total_params"))
         summary = train(data_bin, save_dir, flags, row, results)
-        if spec.kind == "dense":
-            summary["embedding_params"] = vocab * width
-        if spec.kind == "continued":
-            summary["embedding_params"] = vocab * dim
+        if spec.kind != "student":  # a dense model's embedding: V × its own width
+            summary["embedding_params"] = vocab * int(flags[flags.index("--decoder-embed-dim") + 1])
         scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
                           profile, row)
         rows[row] = {**summary, **scores, "description": ROWS[row].description}
     return rows
-
-
-# ------------------------------------------------------------------------------------ report
-
-
-def markdown_table(rows: Dict[str, Dict]) -> str:
-    """The perplexity table (cells formatted as benchmarks/report.py formats the BLEU table)."""
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    for name, row in rows.items():
-        values = {**row, "row": name}
-        lines.append("| " + " | ".join(report.cell(key, values.get(key)) for key, _ in COLUMNS)
-                     + " |")
-    return "\n".join(lines)
-
-
-def write_report(results: Path, rows: Dict[str, Dict], meta: Dict) -> str:
-    """results.json and results.md (the perplexity table) under ``results``; returns the text."""
-    (results / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    text = "\n\n".join(filter(None, [
-        f"# Multi30k English language modeling ({meta['profile']} profile, {meta['device']})",
-        meta.get("notes", ""),
-        markdown_table(rows),
-        f"Perplexity: `fairseq-eval-lm` on test_2016_flickr ({meta['test_sentences']:,} "
-        "captions), per sentencepiece token including end-of-sentence, one caption per sample; "
-        f"vocabulary {meta['vocab']:,} symbols, d={meta['dim']}. Wall time of the run that wrote "
-        f"this: {meta['wall_seconds']:.0f}s on {meta['device']} (stages found done are not "
-        "re-run).",
-        f"Command: `{meta.get('command', '')}`",
-    ]))
-    (results / "results.md").write_text(text + "\n", encoding="utf-8")
-    return text
 
 
 def main(argv=None):

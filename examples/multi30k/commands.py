@@ -1,17 +1,18 @@
 """Running the recipe's commands: each stock fairseq command's output goes to its own log (and,
 for fairseq-train, one short progress line per logged update to the console); stage markers are
 written atomically and reused only with the settings they were made with; the device flags
-every training command gets."""
+every training command gets; flag groups merged into one command with each flag once."""
 
 import json
 import logging
 import re
+import shlex
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger("multi30k")
 
@@ -32,7 +33,7 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     as one short line (stage, update against the budget, loss), so a long stage is not silent.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("$ " + " ".join(command))
+    logger.info("$ " + shlex.join(command))  # quoted as a shell needs it: '(0.9, 0.98)'
     started = time.perf_counter()
     budget = next((command[i + 1] for i in range(len(command) - 2, -1, -1)
                    if command[i] == "--max-update"), "?")  # argparse keeps the last value
@@ -59,7 +60,7 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     output = "".join(stdout) + "\n" + "".join(stderr)
     if process.wait() != 0:
         raise SystemExit(
-            f"error: command failed ({process.returncode}): {' '.join(command)}\n"
+            f"error: command failed ({process.returncode}): {shlex.join(command)}\n"
             f"--- last lines of {log_path} ---\n{output[-3000:]}"
         )
     logger.info(f"  done in {time.perf_counter() - started:.0f}s (log: {log_path})")
@@ -100,6 +101,35 @@ def device_flags(use_gpu: bool, fp16: bool):
     if not use_gpu:
         return ["--cpu"]
     return ["--fp16", "--fp16-scale-window", "128"] if fp16 else []
+
+
+def merge_flags(*groups: Sequence[str]) -> List[str]:
+    """Groups of ``--flag [value ...]`` items (the common training flags, a profile's schedule, a
+    row's own flags, ...) as one command line that carries each flag once. A flag given again
+    replaces its earlier occurrence, value and place: the value is the later one, the one argparse
+    kept when both were passed (every option here stores one value), so the run is unchanged, and
+    each group still reads as written.
+    The printed command is then what a user would type, and nothing in it is silently
+    overridden further along."""
+    merged: Dict[str, List[str]] = {}
+    for group in groups:
+        for flag, values in _flag_items(group):
+            merged.pop(flag, None)
+            merged[flag] = values
+    return [token for flag, values in merged.items() for token in (flag, *values)]
+
+
+def _flag_items(group: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """``[--a, 1, --b, --c, x]`` as ``[(--a, [1]), (--b, []), (--c, [x])]``."""
+    items: List[Tuple[str, List[str]]] = []
+    for token in group:
+        if token.startswith("--"):
+            items.append((token, []))
+        elif items:
+            items[-1][1].append(token)
+        else:
+            raise ValueError(f"{token!r} is not an option: merge_flags takes --flag groups only")
+    return items
 
 
 #: options that say where a training ran or where its files are, not what it trained: a finished

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Multi30k De→En: dense teacher → Distilled Embedding students and baselines → sacreBLEU table.
+"""Multi30k translation between any two of its languages (--source-lang, --target-lang; de→en by
+default): dense teacher → Distilled Embedding students and baselines → sacreBLEU table.
 
 Every stage runs stock fairseq commands (fairseq-preprocess, fairseq-train, fairseq-generate) and writes
 its output under ``--results``; a stage whose output exists is skipped, so an interrupted run continues
@@ -20,10 +21,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from benchmarks import report
-from examples import dense_size
 from examples.multi30k.profiles import (  # noqa: F401  (also read as recipe.X by other scripts)
     ALL_ROWS,
     COMMON_TRAIN,
@@ -53,11 +53,19 @@ from examples.multi30k.stages import (  # noqa: F401  (the stages, also for othe
     run,
     sentencepiece_encode,
     train,
-    training_data,
+    train_command,
     verify_shipped_teacher,
     write_json,
 )
-from fairseq_distilled_emb import factorization
+from examples.multi30k.sequence_kd import training_data  # noqa: F401  (also recipe.training_data)
+from examples.multi30k.training_flags import (  # noqa: F401  (the flags, also for other scripts)
+    arch_settings,
+    dense_flags,
+    dense_target_params,
+    row_flags,
+    student_flags,
+    teacher_flags,
+)
 
 
 logger = logging.getLogger("multi30k")
@@ -72,52 +80,6 @@ TRAINING_DATA = ("gold", "teacher", "both")
 LANGUAGES = ("de", "en", "fr", "cs")
 #: the direction of the shipped demo teacher (examples/multi30k/demo_teacher)
 SHIPPED_PAIR = ("de", "en")
-
-
-def arch_settings(profile: Profile) -> Dict[str, str]:
-    """The teacher's shape flags as ``{flag: value}``."""
-    return dict(zip(profile.teacher_arch[::2], profile.teacher_arch[1::2]))
-
-
-def teacher_flags(profile: Profile, args, arch: Optional[List[str]] = None) -> List[str]:
-    """A stock dense transformer trained with the teacher's recipe (``arch``: another shape)."""
-    # --user-dir only for its torch.load allow-list: an interrupted stock run resumes from
-    # checkpoint_last.pt, which torch >= 2.6 refuses to unpickle without it
-    return (["--user-dir", str(PLUGIN), "--arch", "transformer", "--share-all-embeddings",
-             "--task", "translation",
-             "--criterion", "label_smoothed_cross_entropy", "--max-tokens",
-             str(profile.max_tokens)] + (profile.teacher_arch if arch is None else arch)
-            + COMMON_TRAIN + profile.teacher_train + device_flags(args.use_gpu, args.fp16))
-
-
-def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
-    spec = ROWS[row]
-    return (["--user-dir", str(PLUGIN), "--arch", "distilled_transformer", "--share-all-embeddings",
-             "--task", "translation_reconstruction_init", "--teacher-path", str(teacher),
-             "--embedding-compression", str(spec.compression),
-             "--criterion", "label_smoothed_cross_entropy_with_distillation",
-             "--max-tokens", str(profile.max_tokens)]
-            + profile.teacher_arch + COMMON_TRAIN + profile.fine_tuning(spec.compression)
-            + list(spec.flags)
-            + device_flags(args.use_gpu, args.fp16))
-
-
-def dense_flags(profile: Profile, args, vocab: int, target_params: int) -> List[str]:
-    """A stock dense model with ``target_params`` parameters (narrower d and FFN, same depth and
-    heads), trained from scratch with the teacher's recipe."""
-    arch = arch_settings(profile)
-    layers = int(arch["--encoder-layers"]), int(arch["--decoder-layers"])
-    heads = int(arch["--encoder-attention-heads"])
-    dim, ffn = dense_size.matching_transformer_shape(vocab, layers, heads, target_params)
-    arch.update({"--encoder-embed-dim": dim, "--decoder-embed-dim": dim,
-                 "--encoder-ffn-embed-dim": ffn, "--decoder-ffn-embed-dim": ffn})
-    return teacher_flags(profile, args, [str(item) for pair in arch.items() for item in pair])
-
-
-def dense_target_params(teacher_total: int, vocab: int, dim: int, compression: float) -> int:
-    """Total parameters of the ``compression``x low-rank student of a teacher (its body + r·(V+d))."""
-    rank = factorization.rank_for_compression(vocab, dim, compression)
-    return teacher_total - vocab * dim + factorization.factorized_embedding_params(vocab, dim, rank)
 
 
 #: what benchmarks/schedule_sweep.py ranks points by: (score key, its label, higher is better)
@@ -148,22 +110,10 @@ def run_row(row: str, args, profile: Profile, results: Path, data_bin: Path, row
     ``<row>+<data>``). A dense row needs nothing of the teacher's: its size is matched to the
     teacher's shape, so with ``--jobs`` it trains while the teacher does."""
     vocab = dictionary_size(data_bin)
-    arch = arch_settings(profile)
-    dim = int(arch["--encoder-embed-dim"])
     name = row_name(row, args)
     save_dir = results / "rows" / name
     spec = ROWS[row]
-    if spec.kind == "dense":
-        teacher_total = dense_size.transformer_params(
-            vocab, dim, int(arch["--encoder-ffn-embed-dim"]), int(arch["--encoder-layers"]),
-            int(arch["--decoder-layers"]))
-        target = dense_target_params(teacher_total, vocab, dim, spec.compression)
-        flags = dense_flags(profile, args, vocab, target)
-    elif spec.kind == "continued":
-        flags = (teacher_flags(profile, args) + profile.fine_tuning(spec.compression)
-                 + ["--finetune-from-model", str(teacher_ckpt)])
-    else:
-        flags = student_flags(row, profile, args, teacher_ckpt)
+    flags = row_flags(row, profile, args, vocab, teacher_ckpt)
     summary = train(row_data, save_dir, flags, name, results)
     if spec.kind != "student":
         summary["embedding_params"] = vocab * int(flags[flags.index("--encoder-embed-dim") + 1])

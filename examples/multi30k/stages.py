@@ -1,7 +1,7 @@
 """The Multi30k recipe's stages: each runs stock fairseq commands (or sentencepiece), writes its
 output under the results directory and is skipped when that output exists, so an interrupted run
 continues where it stopped. ``profiles.py`` declares the profiles and rows; ``run.py`` calls these
-in order.
+in order; the sequence-level KD data stage is ``sequence_kd.py``.
 """
 
 import gzip
@@ -71,9 +71,6 @@ class Profile:
         own = "".join(f"; rows at {c:g}x or more: {updates:,}"
                       for c, updates in sorted(self.updates_from_compression.items()))
         return f"Student rows: {int(default):,} fine-tuning updates{own}."
-
-
-# ------------------------------------------------------------------------------------ plumbing
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -196,64 +193,6 @@ def binarize(results: Path, data_bin: Path, flags: List[str], log_name: str = "p
     (data_bin / "preprocess.done").write_text("ok\n")
 
 
-def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
-                          teacher: Path) -> Path:
-    """Sequence-level KD [C] (Kim & Rush 2016): the teacher's beam-5 translation of every training
-    source sentence, aligned by id (the count is checked), binarized with the teacher's dictionary.
-    Returns the data-bin whose ``train`` split is the teacher's output (valid/test stay gold)."""
-    kd_bin = results / "data-bin-kd"
-    if (kd_bin / "preprocess.done").exists():
-        return kd_bin
-    work = results / "data"
-    source, target = args.source_lang, args.target_lang
-    sources = (work / f"train.spm.{source}").read_text(encoding="utf-8").splitlines()
-    started = time.perf_counter()
-    output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
-                  "--path", str(teacher), "--gen-subset", "train", "--beam", "5",
-                  "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
-                  "--max-len-a", "1.2", "--max-len-b", "10"] + device_flags(args.use_gpu, False),
-                 results / "logs" / "teacher.train.generate.log")
-    translations = evaluation.hypotheses_by_id(output, len(sources), prefix="H-")
-    (work / f"train.kd.{source}").write_text("\n".join(sources) + "\n", encoding="utf-8")
-    (work / f"train.kd.{target}").write_text("\n".join(translations) + "\n", encoding="utf-8")
-    binarize(results, kd_bin, [
-        "--source-lang", source, "--target-lang", target, "--trainpref", f"{work}/train.kd",
-        "--validpref", f"{work}/valid.spm", "--testpref", f"{work}/test.spm",
-        "--srcdict", str(data_bin / f"dict.{source}.txt"), "--joined-dictionary",
-    ], log_name="preprocess.kd")
-    write_json(kd_bin / "distill.json", {"sentences": len(translations),
-                                         "seconds": round(time.perf_counter() - started, 1)})
-    return kd_bin
-
-
-def gold_and_distilled(results: Path, data_bin: Path, kd_bin: Path) -> Path:
-    """A data-bin whose training set is gold + teacher output: fairseq's translation task
-    concatenates ``train``, ``train1``, … of one directory, so the teacher's split is linked in as
-    ``train1`` beside the gold one (nothing is copied)."""
-    both = results / "data-bin-both"
-    if (both / "preprocess.done").exists():
-        return both
-    if both.exists():
-        shutil.rmtree(both)
-    both.mkdir()
-    for source in data_bin.iterdir():
-        if source.name != "preprocess.done":
-            (both / source.name).symlink_to(source.resolve())
-    for source in kd_bin.glob("train.*"):
-        (both / source.name.replace("train.", "train1.", 1)).symlink_to(source.resolve())
-    (both / "preprocess.done").write_text("ok\n")
-    return both
-
-
-def training_data(args, profile: Profile, results: Path, data_bin: Path, teacher: Path,
-                  kind: str) -> Path:
-    """The data-bin a row trains on: ``gold``, ``teacher`` (its beam output) or ``both``."""
-    if kind == "gold":
-        return data_bin
-    kd_bin = distill_training_data(args, profile, results, data_bin, teacher)
-    return kd_bin if kind == "teacher" else gold_and_distilled(results, data_bin, kd_bin)
-
-
 def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, results: Path) -> Dict:
     """fairseq-train into ``save_dir`` unless its training finished before with the same
     settings; returns its timing."""
@@ -262,7 +201,7 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     if done.exists():
         return refuse_other_settings(done, settings)
     started = time.perf_counter()
-    output = run([fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags,
+    output = run(train_command(data_bin, save_dir, flags),
                  results / "logs" / f"{log_name}.train.log")
     summary = parse_train_log(output)
     if (save_dir / "reconstruction.json").exists():  # a student: what the task wrote at its start
@@ -271,6 +210,11 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     summary["settings"] = settings
     write_json(done, summary)
     return summary
+
+
+def train_command(data_bin: Path, save_dir: Path, flags: List[str]) -> List[str]:
+    """The fairseq-train command line of a stage, exactly as it is run and printed."""
+    return [fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags
 
 
 def parse_train_log(output: str) -> Dict:

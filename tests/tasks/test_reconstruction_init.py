@@ -218,7 +218,7 @@ def test_embedding_first_phase_trains_only_the_factors_then_everything(
 # ----------------------------------------------------------------------------- bad input
 
 
-# Every row of the README's bad-input table runs through fairseq-train in
+# Every row of the bad-input table (docs/bad-input.md) runs through fairseq-train in
 # tests/test_bad_input_table.py; here, in-process, the mismatches the table shows by one example.
 @pytest.mark.parametrize(
     "flags, sharing, compression, message",

@@ -1,0 +1,156 @@
+"""Every command the two recipes print and run carries each flag once: the fairseq-train command
+of the teacher and of every row, for every profile, device and budget override, and each row's
+decoding, export and sequence-KD commands. Built as ``test_multi30k_budgets.py`` builds them,
+without training: a stage's command is caught at ``run`` before anything runs. Which value wins
+when groups overlap is argparse's (the later one), checked here on the flags that overlap."""
+
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks.common import load_recipe
+from examples import dense_size
+from examples.multi30k.commands import merge_flags
+
+TRANSLATION_VOCAB, LM_VOCAB = 8008, 4008  # the recipes' joined / English dictionaries
+DEVICES = [(False, True), (True, True), (True, False)]  # --cpu, --fp16, GPU in fp32
+
+
+def recipe_args(use_gpu=False, fp16=True, student_updates=None):
+    return SimpleNamespace(use_gpu=use_gpu, fp16=fp16, max_tokens=None,
+                           student_updates=student_updates, source_lang="de", target_lang="en")
+
+
+def repeated(command):
+    """The ``--flag`` tokens that occur more than once in ``command``."""
+    counts = Counter(token for token in command if token.startswith("--"))
+    return sorted(flag for flag, count in counts.items() if count > 1)
+
+
+def value(command, flag):
+    return command[command.index(flag) + 1]
+
+
+def translation_commands(recipe, profile_name, args):
+    """``{stage: fairseq-train command}`` of the teacher and of every row the recipe accepts."""
+    profile = recipe.with_overrides(recipe.PROFILES[profile_name], args)
+    flags = {"teacher": recipe.teacher_flags(profile, args)}
+    for row in recipe.ALL_ROWS:
+        flags[row] = recipe.row_flags(row, profile, args, TRANSLATION_VOCAB, "teacher.pt")
+    return {name: recipe.train_command(Path("data-bin"), Path("rows") / name, row_flags)
+            for name, row_flags in flags.items()}
+
+
+def language_model_commands(lm, profile_name, args):
+    profile = lm.with_overrides(lm.PROFILES[profile_name], args)
+    teacher_total = dense_size.transformer_lm_params(LM_VOCAB, profile.dim, profile.layers)
+    flags = {"teacher": lm.teacher_flags(profile, args)}
+    for row in lm.ALL_ROWS:
+        flags[row] = lm.row_flags(row, profile, args, LM_VOCAB, "teacher.pt", teacher_total)
+    return {name: lm.recipe.train_command(Path("data-bin"), Path("rows") / name, row_flags)
+            for name, row_flags in flags.items()}
+
+
+@pytest.mark.parametrize("student_updates", [None, 700])
+@pytest.mark.parametrize("use_gpu, fp16", DEVICES)
+@pytest.mark.parametrize("profile_name", ["ci", "demo", "cpu", "full"])
+def test_every_translation_training_command_carries_each_flag_once(profile_name, use_gpu, fp16,
+                                                                   student_updates):
+    commands = translation_commands(load_recipe(), profile_name,
+                                    recipe_args(use_gpu, fp16, student_updates))
+    assert len(commands) == 18  # the teacher and the 17 rows
+    assert {name: repeated(command) for name, command in commands.items()
+            if repeated(command)} == {}
+
+
+@pytest.mark.parametrize("student_updates", [None, 700])
+@pytest.mark.parametrize("use_gpu, fp16", DEVICES)
+@pytest.mark.parametrize("profile_name", ["ci", "demo", "full"])
+def test_every_language_model_training_command_carries_each_flag_once(profile_name, use_gpu,
+                                                                      fp16, student_updates):
+    commands = language_model_commands(load_recipe("language_model"), profile_name,
+                                       recipe_args(use_gpu, fp16, student_updates))
+    assert len(commands) == 9  # the teacher and the 8 rows
+    assert {name: repeated(command) for name, command in commands.items()
+            if repeated(command)} == {}
+
+
+def test_the_later_group_keeps_its_value_as_argparse_kept_it():
+    """The flags the groups used to repeat hold the value argparse ended up with before."""
+    demo = translation_commands(load_recipe(), "demo", recipe_args())
+    for row in ("distilled_8x", "svd_linear_8x", "teacher_continued"):
+        # the profile's schedule replaces the common inverse-sqrt
+        assert [value(demo[row], flag) for flag in (
+            "--lr", "--lr-scheduler", "--warmup-updates", "--min-lr", "--max-update")] == [
+            "0.003", "cosine", "50", "3e-05", "400"]
+    assert [value(demo["teacher"], flag) for flag in (
+        "--lr", "--lr-scheduler", "--warmup-updates", "--max-update")] == [
+        "2e-3", "inverse_sqrt", "200", "600"]
+    assert value(demo["teacher_continued"], "--finetune-from-model") == "teacher.pt"
+    lm = language_model_commands(load_recipe("language_model"), "demo", recipe_args())
+    assert value(lm["distilled_8x"], "--embedding-distill-weight") == "0"  # the LM students' β
+    assert value(lm["svd_linear_8x"], "--embedding-init") == "svd"
+    assert [value(lm["teacher_continued"], flag) for flag in ("--lr", "--lr-scheduler",
+                                                              "--max-update")] == [
+        "0.003", "cosine", "300"]
+
+
+def test_merge_flags_keeps_each_flag_once_with_the_later_value_at_its_later_place():
+    assert merge_flags(["--a", "1", "--b", "--c", "x"], ["--a", "2", "--d"], ("--c", "y")) == [
+        "--b", "--a", "2", "--d", "--c", "y"]
+    assert merge_flags(["--lr", "-1", "--betas", "(0.9, 0.98)"]) == [
+        "--lr", "-1", "--betas", "(0.9, 0.98)"]
+    with pytest.raises(ValueError) as refused:
+        merge_flags(["data-bin", "--a", "1"])
+    assert str(refused.value) == "'data-bin' is not an option: merge_flags takes --flag groups only"
+
+
+class Ran(Exception):
+    """Raised in place of running a command: the command is all the test needs."""
+
+
+def first_command(monkeypatch, module, stage, *args):
+    """The command line ``stage`` (a function of ``module``) runs first, caught before it runs."""
+    commands = []
+
+    def caught(command, log_path, stdin=None):
+        commands.append(command)
+        raise Ran
+
+    monkeypatch.setattr(module, "run", caught)
+    with pytest.raises(Ran):
+        stage(*args)
+    return commands[0]
+
+
+@pytest.mark.parametrize("use_gpu, fp16", DEVICES)
+def test_decoding_export_and_sequence_kd_commands_carry_each_flag_once(monkeypatch, tmp_path,
+                                                                      use_gpu, fp16):
+    from examples.multi30k import sequence_kd, stages
+
+    recipe, lm = load_recipe(), load_recipe("language_model")
+    args = recipe_args(use_gpu, fp16)
+    (tmp_path / "data").mkdir()
+    for name in ("test.raw.en", "train.spm.de"):
+        (tmp_path / "data" / name).write_text("a line\n")
+    checkpoint, out = tmp_path / "checkpoint_best.pt", tmp_path / "row"
+    commands = {}
+    for name in recipe.PROFILES:
+        profile = recipe.PROFILES[name]
+        commands[f"{name} generate"] = first_command(
+            monkeypatch, stages, stages.evaluate, tmp_path / "data-bin", checkpoint, out,
+            tmp_path, args, profile, "row")
+        commands[f"{name} sequence-KD generate"] = first_command(
+            monkeypatch, sequence_kd, sequence_kd.distill_training_data, args, profile, tmp_path,
+            tmp_path / "data-bin", checkpoint)
+    for name in lm.PROFILES:
+        commands[f"{name} eval-lm"] = first_command(
+            monkeypatch, lm, lm.evaluate, tmp_path / "data-bin", checkpoint, out, tmp_path, args,
+            lm.PROFILES[name], "row")
+    commands["export"] = first_command(monkeypatch, stages, stages.export_size, checkpoint, out,
+                                       tmp_path, "row")
+    assert len(commands) == 12
+    assert {name: repeated(command) for name, command in commands.items()
+            if repeated(command)} == {}
