@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?= -ra --durations=15
+# -n 2: two pytest-xdist workers (tests spend much of their time in single-threaded fairseq
+# start-up and decoding); --dist loadfile keeps a file's module fixtures on one worker
+PYTEST_ARGS ?= -ra --durations=15 -n 2 --dist loadfile
 
 .PHONY: setup test demo benchmark benchmark-cpu clean
 

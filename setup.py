@@ -24,7 +24,9 @@ setup(
         "sentencepiece>=0.1.97",
     ],
     extras_require={
-        "test": ["pytest>=7", "tensorly-torch==0.5.0", "tensorly>=0.8"],
+        # pytest-xdist: make test runs the suite on 2 workers (conftest shares the fixtures)
+        "test": ["pytest>=7", "pytest-xdist>=3", "filelock", "tensorly-torch==0.5.0",
+                 "tensorly>=0.8"],
         "benchmark": ["matplotlib>=3.5"],
         # the tensor-train embedding baseline (--embedding-factorization tensor-train)
         "tensor-train": ["tensorly-torch==0.5.0", "tensorly>=0.8"],

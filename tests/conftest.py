@@ -22,7 +22,9 @@ import os
 # Before torch starts its OpenMP pool in this process (see helpers.fairseq_env for why).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import functools  # noqa: E402
 import gzip  # noqa: E402
+import pickle  # noqa: E402
 import random  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+from filelock import FileLock
 
 import helpers
 from helpers import PLUGIN_DIR, SHARED_MULTI30K, combined_output, run_fairseq
@@ -64,6 +67,38 @@ def pytest_report_header(config):
         sizes = ", ".join(f"{split} {n:,}" for split, n in SPLIT_SIZES.items())
         return f"test corpus: Multi30k De-En from {SHARED_MULTI30K} (first lines: {sizes})"
     return "test corpus: ../shared absent: using a generated corpus (toy De-En grammar)"
+
+
+def build_once(tmp_path_factory, name: str, build):
+    """The value of a session fixture, built by one process of the run.
+
+    Under pytest-xdist (``make test`` runs ``-n 2``) each worker runs the session fixtures; the
+    first worker to need one builds it and pickles its value (paths and dataclasses) beside the
+    workers' temporary folders, the others wait on its lock and reuse it: pytest-xdist's own recipe
+    for fixtures that should run once. Without xdist it just builds.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build()
+    shared = tmp_path_factory.getbasetemp().parent
+    with FileLock(str(shared / f"{name}.lock")):
+        stored = shared / f"{name}.pickle"
+        if stored.exists():
+            return pickle.loads(stored.read_bytes())
+        value = build()
+        stored.write_bytes(pickle.dumps(value))
+        return value
+
+
+def session_fixture_built_once(function):
+    """``@pytest.fixture(scope="session")`` whose value :func:`build_once` shares among workers
+    (``function`` takes ``tmp_path_factory``)."""
+
+    @functools.wraps(function)
+    def fixture(*args, **kwargs):
+        return build_once(kwargs["tmp_path_factory"], function.__name__,
+                          lambda: function(*args, **kwargs))
+
+    return pytest.fixture(scope="session")(fixture)
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -150,7 +185,7 @@ def generate_toy_corpus(sizes: Dict[str, int], seed: int = 0) -> Dict[str, List[
     return {split: [generate_toy_pair(rng) for _ in range(n)] for split, n in sizes.items()}
 
 
-@pytest.fixture(scope="session")
+@session_fixture_built_once
 def multi30k_corpus(tmp_path_factory) -> ParallelCorpus:
     """Raw (untokenized) De–En text: Multi30k heads from ../shared, or a generated toy corpus."""
     out = tmp_path_factory.mktemp("raw")
@@ -184,7 +219,7 @@ class SpmCorpus(ParallelCorpus):
         return [" ".join(pieces) for pieces in processor.encode(lines, out_type=str)]
 
 
-@pytest.fixture(scope="session")
+@session_fixture_built_once
 def spm_corpus(multi30k_corpus, tmp_path_factory) -> SpmCorpus:
     """A joint unigram sentencepiece model (vocab 1000, no bos/eos) trained on the train side only,
     and every split encoded with it."""
@@ -228,7 +263,7 @@ def spm_corpus(multi30k_corpus, tmp_path_factory) -> SpmCorpus:
     return corpus
 
 
-@pytest.fixture(scope="session")
+@session_fixture_built_once
 def data_bin(spm_corpus, tmp_path_factory) -> Path:
     """``fairseq-preprocess`` (the real CLI) output: joined De–En dictionary, binarized splits."""
     destdir = tmp_path_factory.mktemp("data-bin")
@@ -284,7 +319,7 @@ def tiny_student_train_args(data_bin, save_dir, max_update: int = TINY_STUDENT_M
     ]
 
 
-@pytest.fixture(scope="session")
+@session_fixture_built_once
 def tiny_student_checkpoint(data_bin, tmp_path_factory) -> TrainRun:
     """A ``distilled_transformer_tiny`` (shared factorized embedding, compression 4) trained for 40
     updates through the real ``fairseq-train --user-dir fairseq_distilled_emb``."""
@@ -295,7 +330,7 @@ def tiny_student_checkpoint(data_bin, tmp_path_factory) -> TrainRun:
     return run
 
 
-@pytest.fixture(scope="session")
+@session_fixture_built_once
 def tiny_dense_checkpoint(data_bin, tmp_path_factory) -> TrainRun:
     """A stock dense ``transformer_tiny`` (shared embeddings), 10 updates, trained WITHOUT the
     plugin (no ``--user-dir``): a teacher-shaped checkpoint, and the reference run of the test
@@ -312,7 +347,7 @@ def tiny_dense_checkpoint(data_bin, tmp_path_factory) -> TrainRun:
 TINY_TEACHER_MAX_UPDATE = 150
 
 
-@pytest.fixture(scope="session")
+@session_fixture_built_once
 def tiny_teacher(data_bin, tmp_path_factory) -> TrainRun:
     """A stock dense ``transformer_tiny`` teacher (shared embeddings) trained for 150 updates
     WITHOUT the plugin, so its embedding is a real trained one: the teacher of the
@@ -331,7 +366,7 @@ def tiny_teacher(data_bin, tmp_path_factory) -> TrainRun:
     return run
 
 
-@pytest.fixture(scope="session")
+@session_fixture_built_once
 def tiny_distilled_student(data_bin, tiny_teacher, tmp_path_factory) -> TrainRun:
     """The full method through the CLI: ``translation_reconstruction_init`` from ``tiny_teacher``
     + ``label_smoothed_cross_entropy_with_distillation``, compression 4, 20 updates."""

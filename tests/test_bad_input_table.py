@@ -261,6 +261,17 @@ def structurally_invalid(c):
     return runs
 
 
+def quantized_twice(c):
+    quantized = c.inputs / "int8.pt"
+    subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--embedding-bits",
+                    "8", str(c.teacher), str(quantized)], check=True, capture_output=True)
+    return c.cli("export", "--embedding-bits", "4", quantized, c.out / "out.pt"), (
+        EXPORT + "--embedding-bits: this checkpoint's embedding is already quantized (int8 codes)"
+        "; quantize the training checkpoint it was exported from instead")
+
+
+BITS_CHOICES = "is not supported: choose one of 2, 3, 4, 5, 6, 7, 8"
+
 CASES = {  # the table's input cell -> the case
     "`--embedding-rank 64` with d = 64": rank_64,
     "`--embedding-rank 0`": lambda c: (
@@ -308,6 +319,20 @@ CASES = {  # the table's input cell -> the case
     "`export` to a directory / under a path that is a file": export_to_a_directory_or_under_a_file,
     "a checkpoint whose `model` is not a dict of tensors, or whose `cfg` is not a config":
         structurally_invalid,
+    "`--embedding-bits` outside 2–8, or with `--embedding-activation gelu`/`tanh` (training)":
+        lambda c: [
+            (c.train("--embedding-bits", "1"), TRAIN + f"--embedding-bits 1 {BITS_CHOICES}"),
+            (c.train("--embedding-bits", "4", "--embedding-activation", "gelu"),
+             TRAIN + "--embedding-bits needs --embedding-activation relu or linear (got gelu): "
+             "the per-component rescaling that makes f(U) quantizable needs f(c·u) = c·f(u)")],
+    "`export --embedding-bits` outside 2–8": lambda c: (
+        c.cli("export", "--embedding-bits", "9", c.teacher, c.out / "out.pt"),
+        EXPORT + f"--embedding-bits 9 {BITS_CHOICES}"),
+    "`export --embedding-bits` with `--dense`": lambda c: (
+        c.cli("export", "--embedding-bits", "4", "--dense", c.teacher, c.out / "out.pt"),
+        EXPORT + "--embedding-bits and --dense exclude each other: --dense writes a stock float "
+        "embedding; give one of them"),
+    "`export --embedding-bits` of an already-quantized checkpoint": quantized_twice,
 }
 
 

@@ -12,6 +12,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.quantization import RESCALABLE_ACTIVATIONS
 from fairseq_distilled_emb.modules import (
     FactorizedEmbedding,
     QuantizedEmbedding,
@@ -54,11 +55,12 @@ def _factor_groups(model, model_cfg, bits) -> Tuple[List, int]:
         raise DistilledEmbeddingError(
             f"--embedding-bits: a {kind.kind} embedding cannot be quantized; it works on a dense "
             "embedding and on a low-rank (Distilled Embedding) one")
-    if (model_cfg.get("embedding_activation") or "relu") != "relu":
+    activation = model_cfg.get("embedding_activation") or "relu"
+    if activation not in RESCALABLE_ACTIVATIONS:
         raise DistilledEmbeddingError(
-            "--embedding-bits: the factors were trained with --embedding-activation "
-            f"{model_cfg.get('embedding_activation')}; quantizing f(U) needs relu (its "
-            "per-component rescaling relies on ReLU's positive homogeneity)")
+            f"--embedding-bits: the factors were trained with --embedding-activation {activation}"
+            "; quantizing f(U) needs relu or linear (its per-component rescaling needs "
+            "f(c·u) = c·f(u))")
     by_tensors = {}
     for prefix, tensors in modules.items():
         identity = tuple(sorted((k, v.untyped_storage().data_ptr()) for k, v in tensors.items()))

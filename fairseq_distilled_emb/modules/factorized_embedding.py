@@ -59,10 +59,11 @@ class FactorizedEmbedding(CompressedEmbedding):
             from fairseq_distilled_emb.modules.quantized_embedding import check_bits
 
             check_bits(bits)
-            if activation != "relu":
+            if activation not in quantization.RESCALABLE_ACTIVATIONS:
                 raise DistilledEmbeddingError(
-                    f"--embedding-bits needs --embedding-activation relu (got {activation}): the "
-                    "per-component rescaling that makes f(U) quantizable relies on ReLU")
+                    f"--embedding-bits needs --embedding-activation relu or linear (got "
+                    f"{activation}): the per-component rescaling that makes f(U) quantizable "
+                    "needs f(c·u) = c·f(u)")
         return cls(num_embeddings, embedding_dim, rank, padding_idx, activation=activation,
                    bits=bits, bits_from_update=getattr(args, "embedding_bits_from_update", 0) or 0)
 

@@ -101,26 +101,3 @@ def test_post_training_codes_of_a_dense_teacher_decode_as_their_dequantized_matr
     # the codes, dequantized into a stock dense checkpoint, translate as the codes do
     assert export("--dense", codes, dense).returncode == 0
     assert generate(data_bin, codes) == generate(data_bin, dense, plugin=False)
-
-
-@pytest.mark.parametrize("case", ["bits", "dense", "twice"])
-def test_bad_bits_requests_are_one_error_line_and_nothing_written(
-        tiny_teacher, tmp_path, case):
-    source = tiny_teacher.best
-    if case == "twice":
-        source = tmp_path / "int8.pt"
-        assert export("--embedding-bits", "8", tiny_teacher.best, source).returncode == 0
-    args = {"bits": ("--embedding-bits", "9"), "dense": ("--embedding-bits", "4", "--dense"),
-            "twice": ("--embedding-bits", "4")}[case]
-    result = export(*args, source, tmp_path / "out.pt")
-    expected = {
-        "bits": "--embedding-bits 9 is not supported: choose one of 2, 3, 4, 5, 6, 7, 8",
-        "dense": "--embedding-bits and --dense exclude each other: --dense writes a stock float "
-                 "embedding; give one of them",
-        "twice": "--embedding-bits: this checkpoint's embedding is already quantized (int8 "
-                 "codes); quantize the training checkpoint it was exported from instead",
-    }[case]
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"fairseq-distilled-emb export: error: {expected}"
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "out.pt").exists()

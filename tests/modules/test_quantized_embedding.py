@@ -94,8 +94,8 @@ def test_the_flags_build_a_fake_quantized_student(data_bin):
     (("--embedding-bits", "1"), "--embedding-bits 1 is not supported: choose one of 2, 3, 4, 5, "
      "6, 7, 8"),
     (("--embedding-bits", "4", "--embedding-activation", "gelu"), "--embedding-bits needs "
-     "--embedding-activation relu (got gelu): the per-component rescaling that makes f(U) "
-     "quantizable relies on ReLU"),
+     "--embedding-activation relu or linear (got gelu): the per-component rescaling that makes "
+     "f(U) quantizable needs f(c·u) = c·f(u)"),
 ])
 def test_bad_bits_flags_are_one_clear_error(data_bin, flags, message):
     with pytest.raises(DistilledEmbeddingError) as error:

@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""BLEU against the embedding's stored bytes: post-training quantization of the teacher's E, the
+students' factors in fp32 and in integer codes (post-training, and quantization-aware rows as
+trained), and the same-size dense rows, on one finished Multi30k results directory.
+
+Every point is a real file written by ``fairseq-distilled-emb export`` (``--fp16`` body, and
+``--embedding-bits B`` where the point has codes) and decoded by stock ``fairseq-generate``, on
+valid (where choices are made) and on test (reported once). Bytes are the embedding's tensors as
+stored (codes, scales, offsets and W included), counted by ``stats``, and the whole file's size.
+
+    python -m benchmarks.bytes_frontier --results results/multi30k-demo --profile demo
+
+A finished point (its ``point.json``) is skipped on a re-run. The table (``bytes.md``), the JSON
+and the plot (``bytes_frontier.png``) are written to ``<results>/bytes``.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from benchmarks.common import load_recipe
+from fairseq_distilled_emb.checkpoints import load_checkpoint
+from fairseq_distilled_emb.cli.stats import embedding_summary, model_config
+
+TEACHER_BITS = (8, 4, 3, 2)
+FACTOR_BITS = (8, 4)
+
+
+def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
+    """What to export: the teacher (fp16 E, then codes), each student row (fp32 factors; codes
+    post-training, or the codes it was trained with), each dense row (fp16)."""
+    teacher = results / "teacher" / "checkpoint_best.pt"
+    found = [{"name": "teacher_fp16", "source": teacher, "bits": None, "method": "teacher"}]
+    found += [{"name": f"teacher_int{b}", "source": teacher, "bits": b,
+               "method": "teacher, post-training codes"} for b in teacher_bits]
+    for row_dir in sorted((results / "rows").glob("*")):
+        checkpoint = row_dir / "checkpoint_best.pt"
+        if not checkpoint.exists():
+            continue
+        cfg = model_config(load_checkpoint(checkpoint))
+        if not str(cfg.get("arch", "")).startswith("distilled_"):
+            found.append({"name": row_dir.name, "source": checkpoint, "bits": None,
+                          "method": "dense, same total params"})
+            continue
+        trained_bits = cfg.get("embedding_bits")
+        if trained_bits:
+            found.append({"name": row_dir.name, "source": checkpoint, "bits": trained_bits,
+                          "method": "student, quantization-aware codes"})
+            continue
+        found.append({"name": f"{row_dir.name}_fp32_factors", "source": checkpoint, "bits": None,
+                      "method": "student, fp32 factors"})
+        if cfg.get("embedding_factorization", "low-rank") == "low-rank":
+            found += [{"name": f"{row_dir.name}_int{b}", "source": checkpoint, "bits": b,
+                       "method": "student, post-training codes"} for b in factor_bits]
+    return found
+
+
+def measure(point: Dict, recipe, args, profile, results: Path) -> Dict:
+    """Export, count the bytes, decode valid and test (each stage skipped when done)."""
+    out_dir = results / "bytes" / point["name"]
+    done = out_dir / "point.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exported = out_dir / "exported.pt"
+    if not exported.exists():
+        bits = ["--embedding-bits", str(point["bits"])] if point["bits"] else []
+        recipe.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16", *bits,
+                    str(point["source"]), str(exported)],
+                   results / "logs" / f"bytes.{point['name']}.export.log")
+    state = load_checkpoint(exported)
+    summary = embedding_summary(state["model"], model_config(state))
+    data_bin = results / "data-bin"
+    scores = {subset: recipe.evaluate(data_bin, exported, out_dir, results, args, profile,
+                                      f"bytes.{point['name']}", subset=subset)
+              for subset in ("valid", "test")}
+    fp32 = 4 * summary["vocab"] * summary["dim"]
+    payload = {**{k: v for k, v in point.items() if k != "source"},
+               "source": str(point["source"]), "embedding_bytes": summary["embedding_bytes"],
+               "fewer_than_fp32": round(fp32 / summary["embedding_bytes"], 1),
+               "tensor_bytes": summary["tensor_bytes"], "file_bytes": exported.stat().st_size,
+               "valid_bleu": scores["valid"]["bleu"], "test_bleu": scores["test"]["bleu"],
+               "test_sentences_per_second": scores["test"]["sentences_per_second"]}
+    recipe.write_json(done, payload)
+    return payload
+
+
+def table(rows: List[Dict]) -> str:
+    teacher = next((r for r in rows if r["name"] == "teacher_fp16"), None)
+    lines = ["| point | what | embedding bytes | × fewer than fp32 E | file MB | valid BLEU | "
+             "test BLEU | Δ teacher (test) |", "|" + "---|" * 8]
+    for r in sorted(rows, key=lambda r: r["embedding_bytes"], reverse=True):
+        delta = "" if teacher is None else f"{r['test_bleu'] - teacher['test_bleu']:+.2f}"
+        lines.append(f"| {r['name']} | {r['method']} | {r['embedding_bytes']:,} | "
+                     f"{r['fewer_than_fp32']:.1f} | {r['file_bytes'] / 1e6:.2f} | "
+                     f"{r['valid_bleu']:.2f} | {r['test_bleu']:.2f} | {delta} |")
+    return "\n".join(lines)
+
+
+def plot(rows: List[Dict], path: Path) -> Optional[Path]:
+    """Test BLEU against embedding bytes (log) and against the whole file's MB, one colour per
+    method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, panels = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    methods = sorted({r["method"] for r in rows})
+    for method in methods:
+        chosen = [r for r in rows if r["method"] == method]
+        for panel, key, scale in ((panels[0], "embedding_bytes", 1), (panels[1], "file_bytes", 1e6)):
+            panel.scatter([r[key] / scale for r in chosen], [r["test_bleu"] for r in chosen],
+                          label=method)
+            for r in chosen:
+                panel.annotate(r["name"], (r[key] / scale, r["test_bleu"]), fontsize=6)
+    panels[0].set_xscale("log")
+    panels[0].set_xlabel("embedding bytes as stored (log)")
+    panels[1].set_xlabel("exported file MB")
+    panels[0].set_ylabel("test BLEU")
+    panels[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, required=True,
+                        help="a finished examples.multi30k.run results directory")
+    parser.add_argument("--profile", default="demo", help="the profile it was run with")
+    parser.add_argument("--teacher-bits", type=int, nargs="*", default=list(TEACHER_BITS))
+    parser.add_argument("--factor-bits", type=int, nargs="*", default=list(FACTOR_BITS))
+    args = parser.parse_args(argv)
+    recipe = load_recipe("multi30k")
+    args.use_gpu, args.max_tokens, args.student_updates = False, None, None
+    args.source_lang, args.target_lang = recipe.language_pair(args.results)
+    profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
+    rows = [measure(point, recipe, args, profile, args.results)
+            for point in points(args.results, args.teacher_bits, args.factor_bits)]
+    out = args.results / "bytes"
+    recipe.write_json(out / "bytes.json", rows)
+    (out / "bytes.md").write_text(table(rows) + "\n")
+    plot(rows, out / "bytes_frontier.png")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
