@@ -37,7 +37,7 @@ def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
                "method": "teacher, post-training codes"} for b in teacher_bits]
     for row_dir in sorted((results / "rows").glob("*")):
         checkpoint = row_dir / "checkpoint_best.pt"
-        if not checkpoint.exists():
+        if not (row_dir / "train.json").exists():  # not finished (the recipe writes it last)
             continue
         cfg = model_config(load_checkpoint(checkpoint))
         if not str(cfg.get("arch", "")).startswith("distilled_"):
