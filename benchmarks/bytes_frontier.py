@@ -57,8 +57,17 @@ def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
     return found
 
 
-def measure(point: Dict, recipe, args, profile, results: Path) -> Dict:
-    """Export, count the bytes, decode valid and test (each stage skipped when done)."""
+def with_int8_body(found: List[Dict], names) -> List[Dict]:
+    """``found`` plus, for each point named in ``names``, the same export with ``--int8-body``
+    (the whole file in integer codes: the deployment beside CTranslate2's int8)."""
+    extra = [{**point, "name": f"{point['name']}_int8body", "int8_body": True,
+              "method": point["method"] + ", int8 body"}
+             for point in found if point["name"] in names and point["bits"]]
+    return found + extra
+
+
+def measure(point: Dict, recipe, args, profile, results: Path, subsets=("valid", "test")) -> Dict:
+    """Export, count the bytes, decode ``subsets`` (each stage skipped when done)."""
     out_dir = results / "bytes" / point["name"]
     done = out_dir / "point.json"
     if done.exists():
@@ -67,6 +76,7 @@ def measure(point: Dict, recipe, args, profile, results: Path) -> Dict:
     exported = out_dir / "exported.pt"
     if not exported.exists():
         bits = ["--embedding-bits", str(point["bits"])] if point["bits"] else []
+        bits += ["--int8-body"] if point.get("int8_body") else []
         recipe.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16", *bits,
                     str(point["source"]), str(exported)],
                    results / "logs" / f"bytes.{point['name']}.export.log")
@@ -75,16 +85,20 @@ def measure(point: Dict, recipe, args, profile, results: Path) -> Dict:
     data_bin = results / "data-bin"
     scores = {subset: recipe.evaluate(data_bin, exported, out_dir, results, args, profile,
                                       f"bytes.{point['name']}", subset=subset)
-              for subset in ("valid", "test")}
+              for subset in subsets}
     fp32 = 4 * summary["vocab"] * summary["dim"]
     payload = {**{k: v for k, v in point.items() if k != "source"},
                "source": str(point["source"]), "embedding_bytes": summary["embedding_bytes"],
                "fewer_than_fp32": round(fp32 / summary["embedding_bytes"], 1),
                "tensor_bytes": summary["tensor_bytes"], "file_bytes": exported.stat().st_size,
-               "valid_bleu": scores["valid"]["bleu"], "test_bleu": scores["test"]["bleu"],
+               **{f"{subset}_bleu": scores[subset]["bleu"] for subset in subsets},
                "test_sentences_per_second": scores["test"]["sentences_per_second"]}
     recipe.write_json(done, payload)
     return payload
+
+
+def cell(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def table(rows: List[Dict]) -> str:
@@ -95,7 +109,7 @@ def table(rows: List[Dict]) -> str:
         delta = "" if teacher is None else f"{r['test_bleu'] - teacher['test_bleu']:+.2f}"
         lines.append(f"| {r['name']} | {r['method']} | {r['embedding_bytes']:,} | "
                      f"{r['fewer_than_fp32']:.1f} | {r['file_bytes'] / 1e6:.2f} | "
-                     f"{r['valid_bleu']:.2f} | {r['test_bleu']:.2f} | {delta} |")
+                     f"{cell(r.get('valid_bleu'))} | {r['test_bleu']:.2f} | {delta} |")
     return "\n".join(lines)
 
 
@@ -136,13 +150,23 @@ def main(argv=None):
     parser.add_argument("--profile", default="demo", help="the profile it was run with")
     parser.add_argument("--teacher-bits", type=int, nargs="*", default=list(TEACHER_BITS))
     parser.add_argument("--factor-bits", type=int, nargs="*", default=list(FACTOR_BITS))
+    parser.add_argument("--points", nargs="*",
+                        help="only these points (e.g. teacher_int4 distilled_8x_int4)")
+    parser.add_argument("--int8-body", nargs="*", default=[],
+                        help="also export these code points with --int8-body (as NAME_int8body)")
+    parser.add_argument("--subsets", nargs="+", default=["valid", "test"],
+                        choices=["valid", "test"], help="what to decode (test is always one)")
     args = parser.parse_args(argv)
+    if "test" not in args.subsets:
+        parser.error("--subsets must include test (the table reports it)")
     recipe = load_recipe("multi30k")
     args.use_gpu, args.max_tokens, args.student_updates = False, None, None
     args.source_lang, args.target_lang = recipe.language_pair(args.results)
     profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
-    rows = [measure(point, recipe, args, profile, args.results)
-            for point in points(args.results, args.teacher_bits, args.factor_bits)]
+    found = with_int8_body(points(args.results, args.teacher_bits, args.factor_bits),
+                           args.int8_body)
+    chosen = [point for point in found if not args.points or point["name"] in args.points]
+    rows = [measure(point, recipe, args, profile, args.results, args.subsets) for point in chosen]
     out = args.results / "bytes"
     recipe.write_json(out / "bytes.json", rows)
     (out / "bytes.md").write_text(table(rows) + "\n")

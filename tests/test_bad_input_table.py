@@ -333,6 +333,15 @@ CASES = {  # the table's input cell -> the case
         EXPORT + "--embedding-bits and --dense exclude each other: --dense writes a stock float "
         "embedding; give one of them"),
     "`export --embedding-bits` of an already-quantized checkpoint": quantized_twice,
+    "`export --int8-body` with `--dense`, or of a stock checkpoint without `--embedding-bits`":
+        lambda c: [
+            (c.cli("export", "--int8-body", "--dense", c.teacher, c.out / "out.pt"),
+             EXPORT + "--int8-body and --dense exclude each other: --dense writes a stock float "
+             "model; give one of them"),
+            (c.cli("export", "--int8-body", c.teacher, c.out / "out.pt"),
+             EXPORT + "--int8-body: 'transformer_tiny' is a stock architecture, which has no int8 "
+             "layers; add --embedding-bits (a dense teacher's E then becomes codes too) or export "
+             "a distilled_* student")],
 }
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint, save_checkpoint
-from fairseq_distilled_emb.cli.quantized_export import quantize_embeddings
+from fairseq_distilled_emb.cli.quantized_export import int8_body, quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 from fairseq_distilled_emb.modules.quantized_embedding import check_bits
@@ -28,7 +28,8 @@ from fairseq_distilled_emb.modules.quantized_embedding import check_bits
 logger = logging.getLogger(__name__)
 
 PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation",
-                     "embedding_factorization", "embedding_bits", "embedding_bits_from_update")
+                     "embedding_factorization", "embedding_bits", "embedding_bits_from_update",
+                     "int8_body")
 PLUGIN_TASK_SUFFIX = "_reconstruction_init"
 DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
 DISTILLATION_CRITERION_KEYS = (
@@ -51,10 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="store the embedding as per-row B-bit integer codes (2-8): a dense "
                              "model's E (post-training quantization) or a low-rank student's "
                              "f(U), W kept fp32; decodes with --user-dir")
+    parser.add_argument("--int8-body", action="store_true",
+                        help="store every Linear of the encoder/decoder layers as per-row int8 "
+                             "codes, computed with PyTorch's dynamic int8 kernel on the CPU "
+                             "(with --embedding-bits or a distilled_* checkpoint)")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
 
 
 def run(args) -> Dict:
+    if args.int8_body and args.dense:
+        raise DistilledEmbeddingError(
+            "--int8-body and --dense exclude each other: --dense writes a stock float model; "
+            "give one of them")
     if args.embedding_bits is not None and args.dense:
         raise DistilledEmbeddingError(
             "--embedding-bits and --dense exclude each other: --dense writes a stock float "
@@ -64,7 +73,8 @@ def run(args) -> Dict:
     state = load_checkpoint(args.checkpoint)
     bytes_before = args.checkpoint.stat().st_size  # before writing: the output may replace it
     before_params = count_parameters(state["model"])
-    exported = export_state(state, dense=args.dense, fp16=args.fp16, bits=args.embedding_bits)
+    exported = export_state(state, dense=args.dense, fp16=args.fp16, bits=args.embedding_bits,
+                            int8=args.int8_body)
     written = save_checkpoint(exported, args.output, force=args.force)
     report = {
         "params_before": before_params,
@@ -75,7 +85,8 @@ def run(args) -> Dict:
     print(
         f"exported {args.checkpoint} -> {args.output}"
         f"{' (dense)' if args.dense else ''}{' (fp16)' if args.fp16 else ''}"
-        f"{f' (int{args.embedding_bits} embedding)' if args.embedding_bits else ''}\n"
+        f"{f' (int{args.embedding_bits} embedding)' if args.embedding_bits else ''}"
+        f"{' (int8 body)' if args.int8_body else ''}\n"
         f"parameters: {report['params_before']:,} -> {report['params_after']:,}\n"
         f"bytes:      {report['bytes_before']:,} -> {report['bytes_after']:,} "
         f"({report['bytes_after'] / report['bytes_before']:.1%})"
@@ -83,7 +94,8 @@ def run(args) -> Dict:
     return report
 
 
-def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None) -> dict:
+def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None,
+                 int8: bool = False) -> dict:
     """The inference-only checkpoint dict (see module doc)."""
     cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
     if cfg is None:
@@ -97,11 +109,13 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
         dense_model_config(cfg["model"])
     if bits is not None:
         model = quantize_embeddings(model, cfg["model"], bits)
+    if int8:
+        model = int8_body(model, cfg["model"])
     if fp16:
         # the compressed embedding stays fp32: f(U)·W cancels heavily (on the demo's 8x student
         # the factors' norm product is ~300x the product's norm), so fp16 factors put ~2.4 % error
         # into E and changed 238 of 1,000 test hypotheses; the factors are a small share
-        keep = compressed_keys(model)
+        keep = compressed_keys(model) | {k for k in model if k.endswith(".weight_scales")}
         model = map_distinct(
             model, lambda v: v.half() if v.is_floating_point() else v, keep_keys=keep)
     last = state.get("optimizer_history", [{}])[-1]

@@ -19,6 +19,7 @@ from fairseq_distilled_emb.modules import (
     compressed_keys,
     saved_compressed_embeddings,
 )
+from fairseq_distilled_emb.modules.int8_linear import quantize_weight
 from fairseq_distilled_emb.modules.quantized_embedding import check_bits
 
 TIED_OUTPUT = "decoder.output_projection"
@@ -117,3 +118,24 @@ def _quantized_model_config(model_cfg: dict, bits: int, rank):
     model_cfg.update(embedding_factorization="quantized", embedding_bits=bits,
                      embedding_rank=rank, embedding_compression=None,
                      embedding_activation="relu", embedding_bits_from_update=0)
+
+
+def int8_body(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:
+    """``model`` with every Linear weight of the encoder/decoder layers (the 2-D ``.weight``
+    tensors under ``.layers.``) stored as int8 codes and per-row scales (:class:`Int8Linear`)."""
+    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    if not arch.startswith("distilled_"):
+        raise DistilledEmbeddingError(
+            f"--int8-body: {arch!r} is a stock architecture, which has no int8 layers; add "
+            "--embedding-bits (a dense teacher's E then becomes codes too) or export a "
+            "distilled_* student")
+    converted = {}
+    for key, value in model.items():
+        if ".layers." in key and key.endswith(".weight") and value.dim() == 2:
+            codes, scales = quantize_weight(value)
+            prefix = key[: -len(".weight")]
+            converted[f"{prefix}.weight_codes"], converted[f"{prefix}.weight_scales"] = codes, scales
+        else:
+            converted[key] = value
+    model_cfg["int8_body"] = True
+    return converted

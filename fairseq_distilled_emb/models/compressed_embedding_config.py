@@ -49,3 +49,8 @@ class CompressedEmbeddingConfig(FairseqDataclass):
         metadata={"help": "with --embedding-bits: fake-quantize from this update on (0: the "
                           "whole fine-tuning; N: only the updates after the first N)"},
     )
+    int8_body: bool = field(
+        default=False,
+        metadata={"help": "set by fairseq-distilled-emb export --int8-body: the encoder/decoder "
+                          "layers' Linear weights are int8 codes (decoding only)"},
+    )

@@ -25,6 +25,7 @@ from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.models.compressed_embedding_config import CompressedEmbeddingConfig
+from fairseq_distilled_emb.modules.int8_linear import use_int8_linears
 from fairseq_distilled_emb.modules import (
     CompressedEmbedding,
     FactorizedOutputProjection,
@@ -96,6 +97,8 @@ class DistilledTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, args, task):
         model = super().build_model(as_namespace(args), task)
+        if getattr(args, "int8_body", False):
+            use_int8_linears(model)
         log_parameter_summary(model)
         return model
 
@@ -123,6 +126,7 @@ def _distilled_defaults(args):
     args.embedding_factorization = getattr(args, "embedding_factorization", "low-rank")
     args.embedding_bits = getattr(args, "embedding_bits", None)
     args.embedding_bits_from_update = getattr(args, "embedding_bits_from_update", 0)
+    args.int8_body = getattr(args, "int8_body", False)
 
 
 @register_model_architecture("distilled_transformer", "distilled_transformer")

@@ -37,6 +37,7 @@ from fairseq_distilled_emb.models.distilled_transformer import (
     log_parameter_summary,
 )
 from fairseq_distilled_emb.modules import build_compressed_embedding
+from fairseq_distilled_emb.modules.int8_linear import use_int8_linears
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class DistilledTransformerLanguageModel(TransformerLanguageModel):
             args, task.target_dictionary, embed_tokens, no_encoder_attn=True
         )
         model = cls(decoder)
+        if safe_getattr(args, "int8_body", False):
+            use_int8_linears(model)
         log_parameter_summary(model)
         return model
 

@@ -101,3 +101,39 @@ def test_post_training_codes_of_a_dense_teacher_decode_as_their_dequantized_matr
     # the codes, dequantized into a stock dense checkpoint, translate as the codes do
     assert export("--dense", codes, dense).returncode == 0
     assert generate(data_bin, codes) == generate(data_bin, dense, plugin=False)
+
+
+def test_int8_body_stores_every_layer_linear_as_int8_and_scores_close_to_the_float_body(
+        data_bin, qat_student, tmp_path):
+    from fairseq import checkpoint_utils
+
+    from fairseq_distilled_emb.modules.int8_linear import Int8Linear
+
+    floating, integer = tmp_path / "float-body.pt", tmp_path / "int8-body.pt"
+    assert export("--embedding-bits", "4", qat_student, floating).returncode == 0
+    result = export("--embedding-bits", "4", "--int8-body", qat_student, integer)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = torch.load(integer, weights_only=True)["model"]
+    layer_weights = [k for k, v in torch.load(floating, weights_only=True)["model"].items()
+                     if ".layers." in k and k.endswith(".weight") and v.dim() == 2]
+    assert len(layer_weights) == 2 * (4 + 2) + 2 * (4 + 4 + 2)  # tiny: 2+2 layers
+    for key in layer_weights:
+        prefix = key[: -len(".weight")]
+        assert key not in model and model[f"{prefix}.weight_codes"].dtype == torch.int8
+        assert model[f"{prefix}.weight_scales"].dtype == torch.float32
+    losses = []
+    for path in (floating, integer):
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+        linears = [m for m in models[0].modules() if isinstance(m, Int8Linear)]
+        assert len(linears) == (len(layer_weights) if path == integer else 0)
+        task.load_dataset("valid")
+        batch = next(iter(task.get_batch_iterator(
+            task.dataset("valid"), max_sentences=16).next_epoch_itr(shuffle=False)))
+        with torch.no_grad():
+            logits = models[0].eval()(**batch["net_input"])[0]
+        losses.append(torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.size(-1)), batch["target"].view(-1),
+            ignore_index=task.target_dictionary.pad()).item())
+    assert losses[1] != losses[0] and abs(losses[1] - losses[0]) < 0.01 * losses[0]
+    assert "\nH-" in run_fairseq("generate", data_bin, "--user-dir", PLUGIN_DIR, "--path",
+                                 integer, *GENERATE).stdout
