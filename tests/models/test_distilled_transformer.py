@@ -27,7 +27,8 @@ NAMED_ARCHS = [
     "distilled_transformer_wmt_en_de_big",
 ]
 EMBEDDING_FLAGS = {"embedding_rank", "embedding_compression", "embedding_activation",
-                   "embedding_factorization"}
+                   "embedding_factorization", "embedding_bits", "embedding_bits_from_update",
+                   "int8_body"}
 
 
 def num_params(model):
