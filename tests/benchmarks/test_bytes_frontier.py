@@ -1,0 +1,31 @@
+"""The bytes frontier's table and its int8-body points (the exports and decodes are the recipe's
+own stages, tested through the recipe)."""
+
+from benchmarks import bytes_frontier
+
+
+def test_table_sorts_by_stored_bytes_and_compares_test_bleu_with_the_fp16_teacher():
+    rows = [
+        {"name": "teacher_int4", "method": "teacher, post-training codes", "embedding_bytes": 544_568,
+         "fewer_than_fp32": 7.5, "file_bytes": 2_436_437, "valid_bleu": 28.24, "test_bleu": 28.85},
+        {"name": "teacher_fp16", "method": "teacher", "embedding_bytes": 2_050_048,
+         "fewer_than_fp32": 2.0, "file_bytes": 3_940_446, "valid_bleu": 28.66, "test_bleu": 29.30},
+        {"name": "distilled_8x_int4", "method": "student, post-training codes",
+         "embedding_bytes": 103_800, "fewer_than_fp32": 39.5, "file_bytes": 1_996_754,
+         "test_bleu": 29.71},
+    ]
+    lines = bytes_frontier.table(rows).splitlines()
+    assert lines[2:] == [
+        "| teacher_fp16 | teacher | 2,050,048 | 2.0 | 3.94 | 28.66 | 29.30 | +0.00 |",
+        "| teacher_int4 | teacher, post-training codes | 544,568 | 7.5 | 2.44 | 28.24 | 28.85 | -0.45 |",
+        "| distilled_8x_int4 | student, post-training codes | 103,800 | 39.5 | 2.00 | – | 29.71 | "
+        "+0.41 |",
+    ]
+
+
+def test_int8_body_points_are_added_for_named_points_with_codes_only():
+    found = [{"name": "teacher_fp16", "bits": None, "method": "teacher"},
+             {"name": "teacher_int8", "bits": 8, "method": "teacher, post-training codes"}]
+    added = bytes_frontier.with_int8_body(found, ["teacher_fp16", "teacher_int8"])
+    assert added[2:] == [{"name": "teacher_int8_int8body", "bits": 8, "int8_body": True,
+                          "method": "teacher, post-training codes, int8 body"}]
