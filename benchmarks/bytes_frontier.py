@@ -46,13 +46,13 @@ def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
             continue
         trained_bits = cfg.get("embedding_bits")
         if trained_bits:
-            found.append({"name": row_dir.name, "source": checkpoint, "bits": trained_bits,
-                          "method": "student, quantization-aware codes"})
+            found.append({"name": f"{row_dir.name}_qat", "source": checkpoint,
+                          "bits": trained_bits, "method": "student, quantization-aware codes"})
             continue
         found.append({"name": f"{row_dir.name}_fp32_factors", "source": checkpoint, "bits": None,
                       "method": "student, fp32 factors"})
         if cfg.get("embedding_factorization", "low-rank") == "low-rank":
-            found += [{"name": f"{row_dir.name}_int{b}", "source": checkpoint, "bits": b,
+            found += [{"name": f"{row_dir.name}_ptq_int{b}", "source": checkpoint, "bits": b,
                        "method": "student, post-training codes"} for b in factor_bits]
     return found
 

@@ -10,7 +10,7 @@ def test_table_sorts_by_stored_bytes_and_compares_test_bleu_with_the_fp16_teache
          "fewer_than_fp32": 7.5, "file_bytes": 2_436_437, "valid_bleu": 28.24, "test_bleu": 28.85},
         {"name": "teacher_fp16", "method": "teacher", "embedding_bytes": 2_050_048,
          "fewer_than_fp32": 2.0, "file_bytes": 3_940_446, "valid_bleu": 28.66, "test_bleu": 29.30},
-        {"name": "distilled_8x_int4", "method": "student, post-training codes",
+        {"name": "distilled_8x_ptq_int4", "method": "student, post-training codes",
          "embedding_bytes": 103_800, "fewer_than_fp32": 39.5, "file_bytes": 1_996_754,
          "test_bleu": 29.71},
     ]
@@ -18,7 +18,7 @@ def test_table_sorts_by_stored_bytes_and_compares_test_bleu_with_the_fp16_teache
     assert lines[2:] == [
         "| teacher_fp16 | teacher | 2,050,048 | 2.0 | 3.94 | 28.66 | 29.30 | +0.00 |",
         "| teacher_int4 | teacher, post-training codes | 544,568 | 7.5 | 2.44 | 28.24 | 28.85 | -0.45 |",
-        "| distilled_8x_int4 | student, post-training codes | 103,800 | 39.5 | 2.00 | – | 29.71 | "
+        "| distilled_8x_ptq_int4 | student, post-training codes | 103,800 | 39.5 | 2.00 | – | 29.71 | "
         "+0.41 |",
     ]
 
