@@ -342,6 +342,14 @@ CASES = {  # the table's input cell -> the case
              EXPORT + "--int8-body: 'transformer_tiny' is a stock architecture, which has no int8 "
              "layers; add --embedding-bits (a dense teacher's E then becomes codes too) or export "
              "a distilled_* student")],
+    "`export --project-in-out` of a translation model, or with `--dense`/`--embedding-bits`/"
+    "`--int8-body`": lambda c: [
+        (c.cli("export", "--project-in-out", c.teacher, c.out / "out.pt"),
+         EXPORT + "--project-in-out: 'transformer_tiny' is not a distilled_transformer_lm* "
+         "student; a translation encoder has no project-in (use --dense, or --embedding-bits)"),
+        (c.cli("export", "--project-in-out", "--dense", c.teacher, c.out / "out.pt"),
+         EXPORT + "--project-in-out writes a stock float model: it excludes --dense, "
+         "--embedding-bits and --int8-body")],
 }
 
 

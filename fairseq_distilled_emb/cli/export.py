@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint, save_checkpoint
+from fairseq_distilled_emb.cli.project_in_out_export import factors_as_projections
 from fairseq_distilled_emb.cli.quantized_export import int8_body, quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
@@ -56,10 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="store every Linear of the encoder/decoder layers as per-row int8 "
                              "codes, computed with PyTorch's dynamic int8 kernel on the CPU "
                              "(with --embedding-bits or a distilled_* checkpoint)")
+    parser.add_argument("--project-in-out", action="store_true",
+                        help="a language-model student as a stock transformer_lm with "
+                             "--decoder-input-dim r --decoder-output-dim r (embed_tokens = f(U), "
+                             "project_in_dim/project_out_dim = W): exact, loads without the plugin")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
 
 
 def run(args) -> Dict:
+    if args.project_in_out and (args.dense or args.embedding_bits is not None or args.int8_body):
+        raise DistilledEmbeddingError(
+            "--project-in-out writes a stock float model: it excludes --dense, --embedding-bits "
+            "and --int8-body")
     if args.int8_body and args.dense:
         raise DistilledEmbeddingError(
             "--int8-body and --dense exclude each other: --dense writes a stock float model; "
@@ -74,7 +83,7 @@ def run(args) -> Dict:
     bytes_before = args.checkpoint.stat().st_size  # before writing: the output may replace it
     before_params = count_parameters(state["model"])
     exported = export_state(state, dense=args.dense, fp16=args.fp16, bits=args.embedding_bits,
-                            int8=args.int8_body)
+                            int8=args.int8_body, project_in_out=args.project_in_out)
     written = save_checkpoint(exported, args.output, force=args.force)
     report = {
         "params_before": before_params,
@@ -86,7 +95,8 @@ def run(args) -> Dict:
         f"exported {args.checkpoint} -> {args.output}"
         f"{' (dense)' if args.dense else ''}{' (fp16)' if args.fp16 else ''}"
         f"{f' (int{args.embedding_bits} embedding)' if args.embedding_bits else ''}"
-        f"{' (int8 body)' if args.int8_body else ''}\n"
+        f"{' (int8 body)' if args.int8_body else ''}"
+        f"{' (stock transformer_lm, project in/out)' if args.project_in_out else ''}\n"
         f"parameters: {report['params_before']:,} -> {report['params_after']:,}\n"
         f"bytes:      {report['bytes_before']:,} -> {report['bytes_after']:,} "
         f"({report['bytes_after'] / report['bytes_before']:.1%})"
@@ -95,7 +105,7 @@ def run(args) -> Dict:
 
 
 def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None,
-                 int8: bool = False) -> dict:
+                 int8: bool = False, project_in_out: bool = False) -> dict:
     """The inference-only checkpoint dict (see module doc)."""
     cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
     if cfg is None:
@@ -107,6 +117,13 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
     if dense:
         model = materialise_embeddings(model, cfg["model"])
         dense_model_config(cfg["model"])
+    # the factors as stock tensors: kept fp32 by --fp16, as the factors themselves are
+    factor_keys = set()
+    if project_in_out:
+        model = factors_as_projections(model, cfg["model"])
+        dense_model_config(cfg["model"])
+        factor_keys = {"decoder.embed_tokens.weight", "decoder.output_projection.weight",
+                       "decoder.project_in_dim.weight", "decoder.project_out_dim.weight"}
     if bits is not None:
         model = quantize_embeddings(model, cfg["model"], bits)
     if int8:
@@ -115,7 +132,8 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
         # the compressed embedding stays fp32: f(U)·W cancels heavily (on the demo's 8x student
         # the factors' norm product is ~300x the product's norm), so fp16 factors put ~2.4 % error
         # into E and changed 238 of 1,000 test hypotheses; the factors are a small share
-        keep = compressed_keys(model) | {k for k in model if k.endswith(".weight_scales")}
+        keep = compressed_keys(model) | factor_keys | {
+            k for k in model if k.endswith(".weight_scales")}
         model = map_distinct(
             model, lambda v: v.half() if v.is_floating_point() else v, keep_keys=keep)
     last = state.get("optimizer_history", [{}])[-1]

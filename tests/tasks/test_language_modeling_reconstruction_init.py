@@ -148,10 +148,11 @@ def test_student_checkpoint_loads_without_the_teacher_file(lm_student):
 # ----------------------------------------------------------------------------- CLI: eval, sampling
 
 
-def eval_lm(data_bin, checkpoint):
+def eval_lm(data_bin, checkpoint, plugin=True):
     result = run_fairseq(
-        "eval-lm", data_bin, "--user-dir", PLUGIN_DIR, "--path", checkpoint, "--gen-subset",
-        "test", *LM_DATA, "--max-tokens", "4000", "--cpu", timeout=300,
+        "eval-lm", data_bin, *(["--user-dir", PLUGIN_DIR] if plugin else []), "--path",
+        checkpoint, "--gen-subset", "test", *LM_DATA, "--max-tokens", "4000", "--cpu",
+        timeout=300,
     )
     match = EVAL_LM.search(combined_output(result))
     assert match, combined_output(result)[-3000:]
@@ -165,6 +166,43 @@ def test_eval_lm_reports_a_finite_student_perplexity(lm_student, lm_data_bin):
     assert perplexity == pytest.approx(2 ** loss, rel=1e-3)
     # a started teacher's copy beats the uniform distribution over the vocabulary by far
     assert 1 < perplexity < vocabulary_size(lm_data_bin) / 2
+
+
+def test_project_in_out_export_is_a_stock_transformer_lm_with_the_students_probabilities(
+        lm_student, lm_data_bin, tmp_path):
+    """f(U) as the stock embedding, W as project_in_dim/project_out_dim: plain fairseq (no
+    plugin) scores the test set as the student does."""
+    import subprocess
+    import sys
+
+    from fairseq import checkpoint_utils
+
+    checkpoint, _log = lm_student
+    stock = tmp_path / "stock_lm.pt"
+    export = subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export",
+                             "--project-in-out", str(checkpoint), str(stock)],
+                            capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr[-2000:]
+    saved = torch.load(stock, weights_only=True)
+    assert saved["cfg"]["model"]["_name"] == "transformer_lm"
+    rank = saved["model"]["decoder.project_out_dim.weight"].shape[0]
+    assert saved["cfg"]["model"]["decoder_input_dim"] == saved["cfg"]["model"][
+        "decoder_output_dim"] == rank < 64
+    assert not any(key.endswith((".U", ".W")) for key in saved["model"])
+    # the stock tool, without --user-dir, reports the student's loss and perplexity
+    assert eval_lm(lm_data_bin, stock, plugin=False) == eval_lm(lm_data_bin, checkpoint)
+    # and its per-token log-probabilities are the student's
+    scores = []
+    for path in (checkpoint, stock):
+        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+        task.load_dataset("valid")
+        batch = next(iter(task.get_batch_iterator(
+            task.dataset("valid"), max_sentences=8).next_epoch_itr(shuffle=False)))
+        model = models[0].eval()
+        with torch.no_grad():
+            scores.append(model.get_normalized_probs(model(**batch["net_input"]), log_probs=True))
+    assert type(models[0].decoder.embed_tokens) is torch.nn.Embedding
+    assert torch.allclose(scores[0], scores[1], rtol=0, atol=1e-5)
 
 
 def test_stock_interactive_sampling_continues_prompts(

@@ -1,0 +1,46 @@
+"""``export --project-in-out``: a language-model student as a stock ``transformer_lm`` that plain
+fairseq (and CTranslate2's converter) loads without the plugin, exactly, at the student's size.
+
+fairseq's decoder computes ``x = sqrt(d)·embed_tokens(t)`` then ``project_in_dim(x)`` (Linear
+r→d, no bias), and at the output ``project_out_dim`` (Linear d→r, no bias) then the tied
+``embed_tokens.weight`` (V×r). With ``embed_tokens = f(U)``, ``project_in_dim.weight = Wᵀ`` and
+``project_out_dim.weight = W`` that is f(U)[t]·W in and (h·Wᵀ)·f(U)ᵀ out: the student's own
+computation (``--decoder-input-dim r --decoder-output-dim r``). fairseq's translation encoder has
+no project-in, so this form exists for language models only.
+"""
+
+from typing import Dict
+
+import torch
+
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.modules import FactorizedEmbedding, saved_compressed_embeddings
+
+
+def factors_as_projections(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:
+    """``model`` with f(U) as the (tied) token embedding and W as the decoder's projections."""
+    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    if not arch.startswith("distilled_transformer_lm"):
+        raise DistilledEmbeddingError(
+            f"--project-in-out: {arch!r} is not a distilled_transformer_lm* student; a "
+            "translation encoder has no project-in (use --dense, or --embedding-bits)")
+    kind, modules = saved_compressed_embeddings(model, model_cfg)
+    if kind is not FactorizedEmbedding or model_cfg.get("embedding_bits") is not None:
+        raise DistilledEmbeddingError(
+            "--project-in-out needs a low-rank student trained without --embedding-bits (its f(U) "
+            "and W become stock fairseq tensors)")
+    if not model_cfg.get("share_decoder_input_output_embed"):
+        raise DistilledEmbeddingError(
+            "--project-in-out needs a student trained with --share-decoder-input-output-embed "
+            "(the output projection goes through the same f(U))")
+    tensors = modules["decoder.embed_tokens"]
+    activation = factorization.activation_fn(model_cfg.get("embedding_activation") or "relu")
+    codes, weight = activation(tensors["U"]), tensors["W"]
+    stock = {key: value for key, value in model.items() if not kind.owns_key(key)}
+    stock["decoder.embed_tokens.weight"] = codes
+    stock["decoder.output_projection.weight"] = codes  # tied: the same tensor, saved once
+    stock["decoder.project_in_dim.weight"] = weight.t().contiguous()
+    stock["decoder.project_out_dim.weight"] = weight
+    model_cfg["decoder_input_dim"] = model_cfg["decoder_output_dim"] = int(weight.shape[0])
+    return stock
