@@ -30,7 +30,7 @@ FACTOR_BITS = (8, 4)
 
 def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
     """What to export: the teacher (fp16 E, then codes), each student row (fp32 factors; codes
-    post-training, or the codes it was trained with), each dense row (fp16)."""
+    post-training, or the codes it was trained with), each stock row (fp16 E, then codes)."""
     teacher = results / "teacher" / "checkpoint_best.pt"
     found = [{"name": "teacher_fp16", "source": teacher, "bits": None, "method": "teacher"}]
     found += [{"name": f"teacher_int{b}", "source": teacher, "bits": b,
@@ -41,8 +41,14 @@ def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
             continue
         cfg = model_config(load_checkpoint(checkpoint))
         if not str(cfg.get("arch", "")).startswith("distilled_"):
+            # a stock row (the same-size dense model, the teacher trained on): fp16 and, like
+            # the teacher, post-training codes of its E
+            method = ("teacher continued" if row_dir.name == "teacher_continued"
+                      else "dense, same total params")
             found.append({"name": row_dir.name, "source": checkpoint, "bits": None,
-                          "method": "dense, same total params"})
+                          "method": method})
+            found += [{"name": f"{row_dir.name}_int{b}", "source": checkpoint, "bits": b,
+                       "method": f"{method}, post-training codes"} for b in teacher_bits]
             continue
         trained_bits = cfg.get("embedding_bits")
         if trained_bits:

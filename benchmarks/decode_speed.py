@@ -7,6 +7,10 @@ student decodes ≥ 1.15× the teacher's sentences/s.
 
     python -m benchmarks.decode_speed results/multi30k-demo/data-bin \
         results/multi30k-demo/teacher/checkpoint_best.pt results/multi30k-demo/rows/distilled_8x/checkpoint_best.pt
+
+``--ctranslate2 DIR --source FILE`` adds a CTranslate2 model (``benchmarks/ctranslate2_anchor.py``
+converts the teacher) to the same interleaved loop: the sentencepiece-encoded ``FILE`` (the same
+sentences) with the same beam and batch on the same cores, timed around ``translate_batch``.
 """
 
 import argparse
@@ -14,6 +18,7 @@ import json
 from pathlib import Path
 
 from benchmarks.common import PLUGIN, run_cli
+from benchmarks.ctranslate2_anchor import translate
 
 from fairseq_distilled_emb.evaluation import decode_speed
 
@@ -28,10 +33,18 @@ def main():
     parser.add_argument("--subset", default="test")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--ctranslate2", type=Path, nargs="*", default=[],
+                        help="CTranslate2 model directories to time in the same loop")
+    parser.add_argument("--source", type=Path, help="with --ctranslate2: the encoded source file")
     args = parser.parse_args()
 
-    speeds = {str(path): 0.0 for path in args.checkpoints}
+    speeds = {str(path): 0.0 for path in args.checkpoints + args.ctranslate2}
+    sources = args.source.read_text().splitlines() if args.ctranslate2 else []
     for _ in range(args.repeats):
+        for model_dir in args.ctranslate2:
+            _hypotheses, seconds = translate(model_dir, sources, beam=args.beam,
+                                             batch_size=args.batch_size)
+            speeds[str(model_dir)] = max(speeds[str(model_dir)], len(sources) / seconds)
         for path in args.checkpoints:
             result = run_cli("generate", [
                 args.data_bin, "--user-dir", PLUGIN, "--path", path, "--gen-subset", args.subset,
