@@ -27,7 +27,7 @@ test: setup
 demo: setup
 	$(PY) -m examples.multi30k.run --profile demo
 	$(PY) -m benchmarks.bytes_frontier --results results/multi30k-demo --profile demo \
-	    --subsets test --points teacher_fp16 teacher_int4 teacher_int2 distilled_8x_ptq_int4
+	    --subsets test --points teacher_int4 teacher_int2 distilled_8x_ptq_int4
 
 # use a GPU: up to 12 of the small trainings share it (benchmarks/results/multi30k-full-h100/)
 benchmark: setup

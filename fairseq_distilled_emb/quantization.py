@@ -16,12 +16,22 @@ from typing import NamedTuple
 
 import torch
 
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
+
 #: the code widths the export and quantization-aware fine-tuning accept
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
 #: activations f with f(c·u) = c·f(u) for c > 0: the ones whose components can be rescaled
 RESCALABLE_ACTIVATIONS = ("relu", "linear")
 #: what the per-row scale and offset are stored as
 SCALE_DTYPE = torch.float16
+
+
+def check_bits(bits: int, flag: str = "--embedding-bits") -> None:
+    """One clear error for a code width this module cannot store."""
+    if bits not in SUPPORTED_BITS:
+        raise DistilledEmbeddingError(
+            f"{flag} {bits} is not supported: choose one of "
+            f"{', '.join(str(b) for b in SUPPORTED_BITS)}")
 
 
 class RowCodes(NamedTuple):

@@ -24,7 +24,7 @@ from fairseq_distilled_emb.cli.project_in_out_export import factors_as_projectio
 from fairseq_distilled_emb.cli.quantized_export import int8_body, quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
-from fairseq_distilled_emb.modules.quantized_embedding import check_bits
+from fairseq_distilled_emb.quantization import check_bits
 
 logger = logging.getLogger(__name__)
 

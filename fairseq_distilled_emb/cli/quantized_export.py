@@ -12,7 +12,6 @@ from typing import Dict, List, Tuple
 import torch
 
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.quantization import RESCALABLE_ACTIVATIONS
 from fairseq_distilled_emb.modules import (
     FactorizedEmbedding,
     QuantizedEmbedding,
@@ -20,7 +19,7 @@ from fairseq_distilled_emb.modules import (
     saved_compressed_embeddings,
 )
 from fairseq_distilled_emb.modules.int8_linear import quantize_weight
-from fairseq_distilled_emb.modules.quantized_embedding import check_bits
+from fairseq_distilled_emb.quantization import RESCALABLE_ACTIVATIONS, check_bits
 
 TIED_OUTPUT = "decoder.output_projection"
 

@@ -56,9 +56,7 @@ class FactorizedEmbedding(CompressedEmbedding):
         bits = getattr(args, "embedding_bits", None)
         activation = getattr(args, "embedding_activation", None) or "relu"
         if bits is not None:
-            from fairseq_distilled_emb.modules.quantized_embedding import check_bits
-
-            check_bits(bits)
+            quantization.check_bits(bits)
             if activation not in quantization.RESCALABLE_ACTIVATIONS:
                 raise DistilledEmbeddingError(
                     f"--embedding-bits needs --embedding-activation relu or linear (got "

@@ -28,20 +28,13 @@ from fairseq_distilled_emb.modules.compressed_embedding import (
 QUANTIZED_KEYS = ("codes", "code_scales", "code_offsets", "code_projection", "code_shape")
 
 
-def check_bits(bits, flag="--embedding-bits"):
-    if bits not in quantization.SUPPORTED_BITS:
-        raise DistilledEmbeddingError(
-            f"{flag} {bits} is not supported: choose one of "
-            f"{', '.join(str(b) for b in quantization.SUPPORTED_BITS)}")
-
-
 @register_compressed_embedding("quantized")
 class QuantizedEmbedding(CompressedEmbedding):
     """E ≈ dequantize(codes) (dense source) or dequantize(codes)·W (low-rank source)."""
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx, bits, rank: Optional[int] = None):
         super().__init__()
-        check_bits(bits)
+        quantization.check_bits(bits)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx, self.bits, self.rank = padding_idx, bits, rank
         self.width = rank or embedding_dim
