@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint, save_checkpoint
-from fairseq_distilled_emb.cli.project_in_out_export import factors_as_projections
+from fairseq_distilled_emb.cli.project_in_out_export import FACTOR_KEYS, factors_as_projections
 from fairseq_distilled_emb.cli.quantized_export import int8_body, quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
@@ -117,13 +117,11 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
     if dense:
         model = materialise_embeddings(model, cfg["model"])
         dense_model_config(cfg["model"])
-    # the factors as stock tensors: kept fp32 by --fp16, as the factors themselves are
-    factor_keys = set()
+    factor_keys = frozenset()
     if project_in_out:
         model = factors_as_projections(model, cfg["model"])
         dense_model_config(cfg["model"])
-        factor_keys = {"decoder.embed_tokens.weight", "decoder.output_projection.weight",
-                       "decoder.project_in_dim.weight", "decoder.project_out_dim.weight"}
+        factor_keys = FACTOR_KEYS
     if bits is not None:
         model = quantize_embeddings(model, cfg["model"], bits)
     if int8:

@@ -18,6 +18,11 @@ from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import FactorizedEmbedding, saved_compressed_embeddings
 
 
+#: the stock tensors that hold the factors (``export --fp16`` keeps them fp32, as the factors)
+FACTOR_KEYS = frozenset({"decoder.embed_tokens.weight", "decoder.output_projection.weight",
+                         "decoder.project_in_dim.weight", "decoder.project_out_dim.weight"})
+
+
 def factors_as_projections(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:
     """``model`` with f(U) as the (tied) token embedding and W as the decoder's projections."""
     arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
