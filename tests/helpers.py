@@ -249,6 +249,17 @@ def first_batch(task, split: str = "valid", max_sentences: int = 16):
     return next(iter(iterator))
 
 
+def loaded_model_and_batch(path, max_sentences: int = 16):
+    """``(model in eval mode, task, first valid batch)`` of a saved checkpoint, loaded as
+    fairseq-generate loads it (the plugin imported, so its models are registered)."""
+    from fairseq import checkpoint_utils
+
+    import fairseq_distilled_emb  # noqa: F401
+
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    return models[0].eval(), task, first_batch(task, "valid", max_sentences)
+
+
 def student_train_args(data_bin, teacher_path, save_dir, max_update=6, *extra):
     """fairseq-train flags of a tiny 4x student of ``teacher_path`` with the full method (CPU)."""
     return [

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from fairseq_distilled_emb.checkpoints import load_checkpoint
-from helpers import PLUGIN_DIR, dictionary_size, hypotheses, run_fairseq, student_train_args
+from helpers import (
+    PLUGIN_DIR,
+    dictionary_size,
+    hypotheses,
+    loaded_model_and_batch,
+    run_fairseq,
+    student_train_args,
+)
 
 GENERATE = ("--gen-subset", "valid", "--beam", "2", "--batch-size", "50", "--cpu",
             "--required-batch-size-multiple", "1", "--max-len-b", "10")
@@ -69,19 +76,11 @@ def test_int4_factors_are_stored_as_packed_bytes_and_decode_as_trained(
 
 
 def test_the_exported_model_scores_a_batch_as_the_trained_one(data_bin, qat_student, tmp_path):
-    from fairseq import checkpoint_utils
-
-    import fairseq_distilled_emb  # noqa: F401  (registers the plugin's models)
-
     out = tmp_path / "student-int4.pt"
     assert export("--embedding-bits", "4", qat_student, out).returncode == 0
     losses = []
     for path in (qat_student, out):
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
-        task.load_dataset("valid")
-        batch = next(iter(task.get_batch_iterator(
-            task.dataset("valid"), max_sentences=16).next_epoch_itr(shuffle=False)))
-        model = models[0].eval()
+        model, task, batch = loaded_model_and_batch(path)
         with torch.no_grad():
             logits = model(**batch["net_input"])[0]
         losses.append(torch.nn.functional.cross_entropy(
@@ -105,8 +104,6 @@ def test_post_training_codes_of_a_dense_teacher_decode_as_their_dequantized_matr
 
 def test_int8_body_stores_every_layer_linear_as_int8_and_scores_close_to_the_float_body(
         data_bin, qat_student, tmp_path):
-    from fairseq import checkpoint_utils
-
     from fairseq_distilled_emb.modules.int8_linear import Int8Linear
 
     floating, integer = tmp_path / "float-body.pt", tmp_path / "int8-body.pt"
@@ -123,14 +120,11 @@ def test_int8_body_stores_every_layer_linear_as_int8_and_scores_close_to_the_flo
         assert model[f"{prefix}.weight_scales"].dtype == torch.float32
     losses = []
     for path in (floating, integer):
-        models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
-        linears = [m for m in models[0].modules() if isinstance(m, Int8Linear)]
+        model, task, batch = loaded_model_and_batch(path)
+        linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
         assert len(linears) == (len(layer_weights) if path == integer else 0)
-        task.load_dataset("valid")
-        batch = next(iter(task.get_batch_iterator(
-            task.dataset("valid"), max_sentences=16).next_epoch_itr(shuffle=False)))
         with torch.no_grad():
-            logits = models[0].eval()(**batch["net_input"])[0]
+            logits = model(**batch["net_input"])[0]
         losses.append(torch.nn.functional.cross_entropy(
             logits.view(-1, logits.size(-1)), batch["target"].view(-1),
             ignore_index=task.target_dictionary.pad()).item())

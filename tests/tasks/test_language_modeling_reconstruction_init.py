@@ -15,7 +15,14 @@ import torch
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import FactorizedEmbedding
-from helpers import PLUGIN_DIR, combined_output, hypotheses, parse_log_stats, run_fairseq
+from helpers import (
+    PLUGIN_DIR,
+    combined_output,
+    hypotheses,
+    loaded_model_and_batch,
+    parse_log_stats,
+    run_fairseq,
+)
 
 TEACHER_UPDATES = 30
 STUDENT_UPDATES = 8
@@ -175,8 +182,6 @@ def test_project_in_out_export_is_a_stock_transformer_lm_with_the_students_proba
     import subprocess
     import sys
 
-    from fairseq import checkpoint_utils
-
     checkpoint, _log = lm_student
     stock = tmp_path / "stock_lm.pt"
     export = subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export",
@@ -194,14 +199,10 @@ def test_project_in_out_export_is_a_stock_transformer_lm_with_the_students_proba
     # and its per-token log-probabilities are the student's
     scores = []
     for path in (checkpoint, stock):
-        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)])
-        task.load_dataset("valid")
-        batch = next(iter(task.get_batch_iterator(
-            task.dataset("valid"), max_sentences=8).next_epoch_itr(shuffle=False)))
-        model = models[0].eval()
+        model, _task, batch = loaded_model_and_batch(path, max_sentences=8)
         with torch.no_grad():
             scores.append(model.get_normalized_probs(model(**batch["net_input"]), log_probs=True))
-    assert type(models[0].decoder.embed_tokens) is torch.nn.Embedding
+    assert type(model.decoder.embed_tokens) is torch.nn.Embedding
     assert torch.allclose(scores[0], scores[1], rtol=0, atol=1e-5)
 
 
