@@ -92,10 +92,10 @@ def measure(point: Dict, recipe, args, profile, results: Path, subsets=("valid",
     scores = {subset: recipe.evaluate(data_bin, exported, out_dir, results, args, profile,
                                       f"bytes.{point['name']}", subset=subset)
               for subset in subsets}
-    fp32 = 4 * summary["vocab"] * summary["dim"]
     payload = {**{k: v for k, v in point.items() if k != "source"},
                "source": str(point["source"]), "embedding_bytes": summary["embedding_bytes"],
-               "fewer_than_fp32": round(fp32 / summary["embedding_bytes"], 1),
+               "fewer_than_fp32": round(summary["fp32_embedding_bytes"]
+                                        / summary["embedding_bytes"], 1),
                "tensor_bytes": summary["tensor_bytes"], "file_bytes": exported.stat().st_size,
                **{f"{subset}_bleu": scores[subset]["bleu"] for subset in subsets},
                "test_sentences_per_second": scores["test"]["sentences_per_second"]}

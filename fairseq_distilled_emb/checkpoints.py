@@ -66,6 +66,23 @@ def config_value(cfg, name: str):
         return None
 
 
+def saved_arch(model_cfg: dict) -> str:
+    """The architecture a saved model config names (``arch``; ``_name`` for dataclass models)."""
+    return str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+
+
+def set_saved_arch(model_cfg: dict, arch: str) -> None:
+    """Name ``arch`` wherever the saved model config names its architecture."""
+    for key in ("arch", "_name"):
+        if key in model_cfg:
+            model_cfg[key] = arch
+
+
+def tensor_identity(value: torch.Tensor):
+    """What tied tensors share: the same storage, offset and shape."""
+    return (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+
+
 def retie_copies(model: dict) -> dict:
     """``model`` with tied weights tied again where the file holds them as separate copies.
 

@@ -19,7 +19,13 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fairseq_distilled_emb import factorization
-from fairseq_distilled_emb.checkpoints import load_checkpoint, save_checkpoint
+from fairseq_distilled_emb.checkpoints import (
+    load_checkpoint,
+    save_checkpoint,
+    saved_arch,
+    set_saved_arch,
+    tensor_identity,
+)
 from fairseq_distilled_emb.cli.project_in_out_export import FACTOR_KEYS, factors_as_projections
 from fairseq_distilled_emb.cli.quantized_export import int8_body, quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
@@ -218,7 +224,7 @@ def dense_model_config(model_cfg: dict):
 
     for key in PLUGIN_MODEL_KEYS:
         model_cfg.pop(key, None)
-    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    arch = saved_arch(model_cfg)
     if not arch.startswith("distilled_"):
         raise DistilledEmbeddingError(f"--dense: {arch!r} is not a distilled_* architecture")
     stock = arch[len("distilled_"):]
@@ -230,13 +236,7 @@ def dense_model_config(model_cfg: dict):
         stock = "transformer_lm"
     elif stock not in ARCH_MODEL_REGISTRY:  # e.g. a plugin-only test size: the family's base arch
         stock = "transformer"
-    for key in ("arch", "_name"):
-        if key in model_cfg:
-            model_cfg[key] = stock
-
-
-def tensor_identity(value: torch.Tensor):
-    return (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+    set_saved_arch(model_cfg, stock)
 
 
 def map_distinct(model: dict, function, keep_keys=frozenset()) -> dict:

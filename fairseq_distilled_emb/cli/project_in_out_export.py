@@ -14,6 +14,7 @@ from typing import Dict
 import torch
 
 from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.checkpoints import saved_arch
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import FactorizedEmbedding, saved_compressed_embeddings
 
@@ -25,7 +26,7 @@ FACTOR_KEYS = frozenset({"decoder.embed_tokens.weight", "decoder.output_projecti
 
 def factors_as_projections(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:
     """``model`` with f(U) as the (tied) token embedding and W as the decoder's projections."""
-    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    arch = saved_arch(model_cfg)
     if not arch.startswith("distilled_transformer_lm"):
         raise DistilledEmbeddingError(
             f"--project-in-out: {arch!r} is not a distilled_transformer_lm* student; a "

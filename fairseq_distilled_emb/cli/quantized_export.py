@@ -11,6 +11,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from fairseq_distilled_emb.checkpoints import saved_arch, set_saved_arch, tensor_identity
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import (
     FactorizedEmbedding,
@@ -61,10 +62,9 @@ def _factor_groups(model, model_cfg, bits) -> Tuple[List, int]:
             f"--embedding-bits: the factors were trained with --embedding-activation {activation}"
             "; quantizing f(U) needs relu or linear (its per-component rescaling needs "
             "f(c·u) = c·f(u))")
-    by_tensors = {}
+    by_tensors = {}  # a shared factorization is saved under each module that holds it
     for prefix, tensors in modules.items():
-        identity = tuple(sorted((k, v.untyped_storage().data_ptr()) for k, v in tensors.items()))
-        by_tensors.setdefault(identity, (tensors, []))[1].append(prefix)
+        by_tensors.setdefault(tensor_identity(tensors["U"]), (tensors, []))[1].append(prefix)
     groups = []
     for tensors, prefixes in by_tensors.values():
         source = FactorizedEmbedding.from_saved(tensors, model_cfg)
@@ -82,7 +82,7 @@ def _dense_groups(model, bits) -> List:
     by_tensor = {}
     for key, value in model.items():
         if key.endswith("embed_tokens.weight"):
-            by_tensor.setdefault(id(value), (value, []))[1].append(key)
+            by_tensor.setdefault(tensor_identity(value), (value, []))[1].append(key)
     if not by_tensor:
         raise DistilledEmbeddingError(
             "--embedding-bits: the checkpoint has no token embedding (embed_tokens.weight): it is "
@@ -90,7 +90,7 @@ def _dense_groups(model, bits) -> List:
     groups = []
     for matrix, keys in by_tensor.values():
         prefixes = [key[: -len(".weight")] for key in keys]
-        if output is matrix:
+        if output is not None and tensor_identity(output) == tensor_identity(matrix):
             keys.append(f"{TIED_OUTPUT}.weight")
             prefixes.append(f"{TIED_OUTPUT}.embedding")
         groups.append((keys, prefixes, QuantizedEmbedding.from_dense(matrix, bits)))
@@ -101,7 +101,7 @@ def _quantized_model_config(model_cfg: dict, bits: int, rank):
     """The ``distilled_*`` architecture of the model's family, with the ``quantized`` kind."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    arch = saved_arch(model_cfg)
     if not arch.startswith("distilled_"):
         if arch.startswith("transformer_lm"):
             # every field is saved; fairseq re-runs a named LM arch's function on load, which
@@ -111,9 +111,7 @@ def _quantized_model_config(model_cfg: dict, bits: int, rank):
             arch = f"distilled_{arch}"
         else:
             arch = "distilled_transformer"
-    for key in ("arch", "_name"):
-        if key in model_cfg:
-            model_cfg[key] = arch
+    set_saved_arch(model_cfg, arch)
     model_cfg.update(embedding_factorization="quantized", embedding_bits=bits,
                      embedding_rank=rank, embedding_compression=None,
                      embedding_activation="relu", embedding_bits_from_update=0)
@@ -122,7 +120,7 @@ def _quantized_model_config(model_cfg: dict, bits: int, rank):
 def int8_body(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:
     """``model`` with every Linear weight of the encoder/decoder layers (the 2-D ``.weight``
     tensors under ``.layers.``) stored as int8 codes and per-row scales (:class:`Int8Linear`)."""
-    arch = str(model_cfg.get("arch") or model_cfg.get("_name") or "")
+    arch = saved_arch(model_cfg)
     if not arch.startswith("distilled_"):
         raise DistilledEmbeddingError(
             f"--int8-body: {arch!r} is a stock architecture, which has no int8 layers; add "

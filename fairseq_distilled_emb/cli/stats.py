@@ -45,6 +45,9 @@ def embedding_summary(model: Dict, model_cfg) -> Dict:
         weight = next((model[k] for k in model if k.endswith("embed_tokens.weight")), None)
         if weight is not None:
             summary.update(vocab=weight.shape[0], dim=weight.shape[1], compression=1.0)
+    if summary.get("vocab") and summary.get("dim"):  # the reference every byte ratio is against
+        summary["fp32_embedding_bytes"] = 4 * factorization.dense_embedding_params(
+            summary["vocab"], summary["dim"])
     return summary
 
 
@@ -60,8 +63,8 @@ def run_stats(args):
     summary = embedding_summary(state["model"], model_config(state))
     summary["size_mb"] = args.checkpoint.stat().st_size / 1e6
     embedding_bytes = f"{summary['embedding_bytes']:,}"
-    if summary.get("vocab") and summary.get("dim"):
-        fp32 = 4 * factorization.dense_embedding_params(summary["vocab"], summary["dim"])
+    if summary.get("fp32_embedding_bytes"):
+        fp32 = summary["fp32_embedding_bytes"]
         embedding_bytes += (f" ({fp32 / summary['embedding_bytes']:.1f}x fewer than fp32 E, "
                             f"{fp32 / 2 / summary['embedding_bytes']:.1f}x fewer than fp16 E)")
     rows = [
