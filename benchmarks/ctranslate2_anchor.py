@@ -27,11 +27,14 @@ from fairseq_distilled_emb.cli.export import to_plain
 
 
 def converter_input(checkpoint: Path, out: Path) -> Path:
-    """``checkpoint`` with ``args`` = its model config as a Namespace (what the converter reads)."""
+    """``checkpoint`` with ``args`` = its model config as a Namespace (what the converter reads;
+    a dataclass model such as transformer_lm names its architecture ``_name``, not ``arch``)."""
     state = load_checkpoint(checkpoint)
     cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
     args = state.get("args") or argparse.Namespace(**{**cfg["task"], **cfg["model"]})
-    path = out / "teacher_for_converter.pt"
+    if getattr(args, "arch", None) is None:
+        args.arch, args.task = cfg["model"]["_name"], cfg["task"]["_name"]
+    path = out / f"{checkpoint.stem}_for_converter.pt"
     torch.save({"args": args, "model": state["model"]}, path)
     return path
 

@@ -35,7 +35,7 @@ import pytest
 from filelock import FileLock
 
 import helpers
-from helpers import PLUGIN_DIR, SHARED_MULTI30K, combined_output, run_fairseq
+from helpers import PLUGIN_DIR, SHARED_MULTI30K, SHARED_WIKITEXT2, combined_output, run_fairseq
 
 SOURCE_LANG, TARGET_LANG = "de", "en"
 SPLITS = ("train", "valid", "test")
@@ -203,6 +203,48 @@ def multi30k_corpus(tmp_path_factory) -> ParallelCorpus:
             text = "\n".join(pair[index] for pair in pairs) + "\n"
             (out / f"{split}.{lang}").write_text(text, encoding="utf-8")
     return ParallelCorpus(out, generated=True, sizes=dict(SPLIT_SIZES))
+
+
+WIKITEXT_SPLITS = {"train": 1200, "valid": 320, "test": 320}  # generated lines of each split
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "bi", "do", "fu", "ga", "he"]
+
+
+def generate_wikitext_style(lines: int, rng: random.Random) -> List[str]:
+    """WikiText's layout: `` = Title = `` headings between blank lines and tokenized paragraphs
+    (`` . `` and `` , `` split off, ``@-@`` joins, a few ``<unk>``) of 5,000 pseudo-words drawn
+    with Zipf frequencies, so that the ci profile's 1,000-word vocabulary fills as on the real
+    text."""
+    words = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))) + str(index)
+             for index in range(5000)]
+    weights = [1 / (rank + 1) for rank in range(len(words))]
+    out = []
+    while len(out) < lines:
+        out += ["", f" = {rng.choice(words).capitalize()} = ", ""]
+        paragraph = []
+        for _ in range(rng.randint(5, 10)):
+            sentence = rng.choices(words, weights, k=rng.randint(8, 20))
+            for token in ("<unk>", "@-@", ","):
+                if rng.random() < 0.3:
+                    sentence.insert(rng.randrange(1, len(sentence)), token)
+            paragraph += sentence + ["."]
+        out.append(" " + " ".join(paragraph) + " ")
+    return out[:lines]
+
+
+@pytest.fixture(scope="session")
+def wikitext_dir(tmp_path_factory) -> Path:
+    """WikiText-2 as published (``wiki.<split>.tokens.gz``): ../shared's copy when it is there
+    (the ci profile reads its first lines), else a generated WikiText-style corpus."""
+    files = {split: f"wiki.{split}.tokens.gz" for split in WIKITEXT_SPLITS}
+    generated = os.environ.get("DISTILLED_EMB_TEST_CORPUS", "").lower() == "generated"
+    if not generated and all((SHARED_WIKITEXT2 / name).exists() for name in files.values()):
+        return SHARED_WIKITEXT2
+    out = tmp_path_factory.mktemp("wikitext-2")
+    rng = random.Random(0)
+    for split, name in files.items():
+        with gzip.open(out / name, "wt", encoding="utf-8") as handle:
+            handle.write("\n".join(generate_wikitext_style(WIKITEXT_SPLITS[split], rng)) + "\n")
+    return out
 
 
 @dataclass

@@ -19,6 +19,7 @@ REPO_ROOT = TESTS_DIR.parent
 PLUGIN_DIR = REPO_ROOT / "fairseq_distilled_emb"
 #: the read-only project data (absent in a user's clone: the fixtures then generate a corpus)
 SHARED_MULTI30K = REPO_ROOT.parent / "shared" / "data" / "multi30k"
+SHARED_WIKITEXT2 = REPO_ROOT.parent / "shared" / "data" / "wikitext-2"
 #: the console scripts of the interpreter running the tests (fairseq-train, fairseq-generate, ...)
 BIN_DIR = Path(sys.executable).parent
 

@@ -12,20 +12,38 @@ COLUMNS = (
     ("row", "row"),
     ("description", "what"),
     ("embedding_params", "emb. params"),
+    ("embedding_fewer", "emb. bytes × fewer"),
     ("total_params", "total params"),
     ("perplexity", "test ppl"),
+    ("ppl_vs_teacher", "× teacher ppl"),
     ("reconstruction_error", "recon. rel. err"),
+    ("updates", "updates"),
     ("train_seconds", "train s"),
     ("eval_tokens_per_second", "eval tok/s"),
     ("checkpoint_bytes", "ckpt MB"),
 )
 
 
+def versus_teacher(rows: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Each row with its embedding bytes and perplexity relative to the teacher's row."""
+    teacher = rows.get("teacher", {})
+    compared = {}
+    for name, row in rows.items():
+        row = dict(row)
+        if teacher.get("embedding_bytes") and row.get("embedding_bytes"):
+            row["embedding_fewer"] = round(teacher["embedding_bytes"]
+                                                 / row["embedding_bytes"], 2)
+        if teacher.get("perplexity") and row.get("perplexity"):
+            row["ppl_vs_teacher"] = round(row["perplexity"] / teacher["perplexity"], 3)
+        compared[name] = row
+    return compared
+
+
 def markdown_table(rows: Dict[str, Dict]) -> str:
     """The perplexity table (cells formatted as benchmarks/report.py formats the BLEU table)."""
     lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
-    for name, row in rows.items():
+    for name, row in versus_teacher(rows).items():
         values = {**row, "row": name}
         lines.append("| " + " | ".join(report.cell(key, values.get(key)) for key, _ in COLUMNS)
                      + " |")
@@ -35,13 +53,20 @@ def markdown_table(rows: Dict[str, Dict]) -> str:
 def write_report(results: Path, rows: Dict[str, Dict], meta: Dict) -> str:
     """results.json and results.md (the perplexity table) under ``results``; returns the text."""
     (results / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    wikitext = meta.get("corpus") == "wikitext2"
+    counted = (f"on wiki.test.tokens ({meta['test_sentences']:,} lines), per word including one "
+               f"end-of-line per line, `{meta.get('sample_flags', '')}`" if wikitext else
+               f"on test_2016_flickr ({meta['test_sentences']:,} captions), per sentencepiece "
+               "token including end-of-sentence, one caption per sample")
     text = "\n\n".join(filter(None, [
-        f"# Multi30k English language modeling ({meta['profile']} profile, {meta['device']})",
+        f"# {'WikiText-2' if wikitext else 'Multi30k English'} language modeling "
+        f"({meta['profile']} profile, {meta['device']})",
         meta.get("notes", ""),
         markdown_table(rows),
-        f"Perplexity: `fairseq-eval-lm` on test_2016_flickr ({meta['test_sentences']:,} "
-        "captions), per sentencepiece token including end-of-sentence, one caption per sample; "
-        f"vocabulary {meta['vocab']:,} symbols, d={meta['dim']}. Wall time of the run that wrote "
+        f"Perplexity: `fairseq-eval-lm` {counted}; vocabulary {meta['vocab']:,} symbols, "
+        f"d={meta['dim']}. Embedding bytes as stored (fp32, or the int codes with their fp16 "
+        "scales and W for the post-training rows) against the teacher's fp32 E. "
+        "Wall time of the run that wrote "
         f"this: {meta['wall_seconds']:.0f}s on {meta['device']} (stages found done are not "
         "re-run).",
         f"Command: `{meta.get('command', '')}`",

@@ -24,12 +24,23 @@ class Profile:
     rows: List[str]
     max_tokens: int = 4096
     notes: str = ""
+    corpus: str = "multi30k"  # or "wikitext2" (examples/language_model/corpora.py)
+    tokens_per_sample: int = 128
+    context_window: int = 0  # fairseq-eval-lm --context-window (running text only)
 
 
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
-            "distilled_16x", "distilled_output_kd_8x", "teacher_continued"]
+            "distilled_16x", "distilled_32x", "distilled_output_kd_8x", "tensor_train_8x",
+            "adaptive_8x", "adaptive_16x", "teacher_int8", "teacher_int4", "distilled_8x_ptq_int8",
+            "distilled_16x_ptq_int8", "teacher_continued"]
 MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
              "teacher_continued"]
+#: WikiText-2: the students, every baseline a user would try first, and the post-training rows;
+#: the students and post-training rows first (they fit the cpu budget), then the from-scratch rows
+WIKITEXT_ROWS = ["teacher_int8", "teacher_int4", "distilled_4x", "distilled_8x", "distilled_16x",
+                 "distilled_32x", "svd_linear_8x", "tensor_train_8x", "distilled_8x_ptq_int8",
+                 "distilled_16x_ptq_int8", "teacher_continued", "adaptive_8x", "adaptive_16x",
+                 "smaller_dim"]
 PROFILES = {
     "ci": Profile(
         max_sentences=400, vocab_size=500, dim=64, layers=2, heads=2,
@@ -62,12 +73,78 @@ PROFILES = {
         notes="Full profile: teacher d=256, 4 layers, FFN 1024 (early stopping on valid loss, "
         "patience 5, ≤50 epochs); every student row gets the same 2,000 fine-tuning updates.",
     ),
+    "wikitext2-ci": Profile(
+        corpus="wikitext2", max_sentences=300, vocab_size=1000, dim=64, layers=2, heads=2,
+        tokens_per_sample=64, context_window=32,
+        teacher_train=["--lr", "2e-3", "--warmup-updates", "5", "--max-update", "12"],
+        student_train=["--lr", "5e-4", "--warmup-updates", "2", "--max-update", "4"],
+        rows=["distilled_8x", "adaptive_8x", "teacher_int4", "distilled_8x_ptq_int8"],
+        max_tokens=2048,
+        notes="CI profile: the first 300 lines of each WikiText-2 split, 1,000 words; "
+        "perplexities are meaningless here.",
+    ),
+    "wikitext2-cpu": Profile(
+        corpus="wikitext2", max_sentences=None, vocab_size=0, dim=256, layers=2, heads=4,
+        tokens_per_sample=256, context_window=128,
+        # validated and saved every 128 updates (an epoch is 255 updates of 8,192 tokens), so a
+        # run stopped mid-epoch resumes there; stopped after 6 validations (3 epochs) without a
+        # better valid loss
+        teacher_train=["--lr", "2e-3", "--warmup-updates", "250", "--max-epoch", "40",
+                       "--save-interval-updates", "128", "--keep-interval-updates", "1",
+                       "--patience", "6"],
+        # the translation students' rule (cosine from 1.5x the teacher's peak), ~1.2 epochs
+        student_train=cosine_fine_tuning(3e-3, 300),
+        rows=WIKITEXT_ROWS, max_tokens=8192,
+        notes="cpu profile: WikiText-2 word level (33,280 symbols), teacher transformer_lm_gpt "
+        "d=256, 2 layers, FFN 1024, tied (84 % of its parameters are the embedding), blocks of "
+        "256 tokens, until valid loss stops improving (validated every 128 updates, patience 6: 3 "
+        "epochs); 300 fine-tuning "
+        "updates of 8,192 tokens per student; the adaptive-input and dense rows train from "
+        "scratch with the teacher's recipe.",
+    ),
+    "wikitext2-full": Profile(
+        corpus="wikitext2", max_sentences=None, vocab_size=0, dim=512, layers=4, heads=8,
+        tokens_per_sample=512, context_window=256,
+        teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "100",
+                       "--patience", "5"],
+        student_train=cosine_fine_tuning(1.5e-3, 2000),
+        rows=WIKITEXT_ROWS, max_tokens=8192,
+        notes="Full profile (a GPU): WikiText-2 word level, teacher d=512, 4 layers, FFN 2048, "
+        "blocks of 512 tokens, early stopping (patience 5 epochs); 2,000 fine-tuning updates per "
+        "student.",
+    ),
 }
 
 # The translation recipe's row declarations, plus the dense LM of the 8x student's total size.
 ROWS = {**{name: TRANSLATION_ROWS[name] for name in ALL_ROWS if name in TRANSLATION_ROWS},
         "smaller_dim": Row("smaller_dim", "smaller-dim dense, same total params as the 8x "
-                           "student, from scratch", kind="dense", compression=8)}
+                           "student, from scratch", kind="dense", compression=8),
+        **{f"adaptive_{ratio}x": Row(
+            f"adaptive_{ratio}x", f"stock adaptive input + tied adaptive softmax, embedding "
+            f"bytes of the {ratio}x student, from scratch", kind="adaptive", compression=ratio)
+           for ratio in (8, 16)}}
+
+
+@dataclass
+class PostTrainingRow:
+    """A row that trains nothing: ``base``'s checkpoint exported with its embedding (a teacher's
+    E, a student's f(U)) in ``bits``-bit per-row codes (``fairseq-distilled-emb export
+    --embedding-bits``), then scored."""
+
+    name: str
+    base: str
+    bits: int
+
+    @property
+    def description(self) -> str:
+        what = "teacher's E" if self.base == "teacher" else f"{self.base}'s f(U)"
+        return f"the {what} in int{self.bits} codes, post-training (no training)"
+
+
+POST_TRAINING_ROWS = {row.name: row for row in [
+    PostTrainingRow("teacher_int8", "teacher", 8), PostTrainingRow("teacher_int4", "teacher", 4),
+    PostTrainingRow("distilled_8x_ptq_int8", "distilled_8x", 8),
+    PostTrainingRow("distilled_16x_ptq_int8", "distilled_16x", 8)]}
 TEACHER_DESCRIPTION = "dense teacher (stock transformer_lm_gpt shape, tied embedding)"
 # β of the embedding-distillation term, chosen on valid perplexity for the LM students
 # (benchmarks/results/schedule-sweep-lm-demo/: β 0 / 0.1 / 1 -> 34.94 / 35.07 / 36.29 at 300

@@ -1,22 +1,24 @@
 #!/usr/bin/env python
-"""Language modeling on the English side of Multi30k: dense teacher → Distilled Embedding students
-and baselines → test perplexity table.
+"""Language modeling on WikiText-2 (word level) or the English side of Multi30k: dense teacher →
+Distilled Embedding students and baselines (adaptive input, a narrower dense model, post-training
+int8/int4 codes of the embedding) → test perplexity table.
 
 Every stage runs stock fairseq commands (``fairseq-preprocess --only-source``, ``fairseq-train``,
 ``fairseq-eval-lm``) and writes under ``--results``; a stage whose output exists is skipped, so an
-interrupted run continues where it stopped. Profiles: ``ci`` (a few hundred sentences, a few
-updates: checks the plumbing, numbers are meaningless), ``demo`` (the whole English side, a small
-model, a few minutes on 2 idle CPU cores) and ``full`` (a larger model and budget; use a GPU).
+interrupted run continues where it stopped (a training stage from its checkpoint_last.pt).
+Multi30k profiles: ``ci`` (a few hundred sentences, a few updates: checks the plumbing, numbers
+are meaningless), ``demo`` (the whole English side, a small model, a few minutes on 2 idle CPU
+cores) and ``full`` (a GPU). WikiText-2 profiles: ``wikitext2-ci``, ``wikitext2-cpu`` (hours on 2
+cores) and ``wikitext2-full`` (a GPU).
 
-    python -m examples.language_model.run --profile demo --results results/lm-demo
+    python -m examples.language_model.run --profile wikitext2-cpu
 
 Nothing is downloaded: the raw text is read from ``--data-dir`` (default
-``../shared/data/multi30k``).
+``../shared/data/wikitext-2`` or ``../shared/data/multi30k``, by profile).
 For WikiText-103 see README.md next to this file.
 """
 
 import argparse
-import gzip
 import json
 import logging
 import os
@@ -26,18 +28,23 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from examples import dense_size
+from examples import adaptive_size, dense_size
+from examples.language_model import corpora
 from examples.language_model.perplexity_table import write_report
 from examples.language_model.profiles import (  # noqa: F401  (also read as recipe.X elsewhere)
     ALL_ROWS,
     COMMON_TRAIN,
     MAIN_ROWS,
+    POST_TRAINING_ROWS,
     PROFILES,
     ROWS,
     STUDENT_BETA,
     TEACHER_DESCRIPTION,
     Profile,
 )
+from fairseq_distilled_emb import factorization
+from fairseq_distilled_emb.checkpoints import load_checkpoint
+from fairseq_distilled_emb.cli.stats import embedding_summary, model_config
 from examples.multi30k import run as recipe  # the translation recipe's stages, imported
 from examples.multi30k.commands import merge_flags
 
@@ -48,41 +55,6 @@ fairseq_tool, device_flags = recipe.fairseq_tool, recipe.device_flags
 
 logger = logging.getLogger("language_model")
 PLUGIN = REPO / "fairseq_distilled_emb"
-SPLITS = recipe.SPLITS
-# Multi30k captions are independent sentences: one sentence per sample, for training and evaluation.
-SENTENCES = ["--sample-break-mode", "eos", "--tokens-per-sample", "128"]
-
-
-def read_split(data_dir: Path, split: str, limit: Optional[int]) -> List[str]:
-    path = data_dir / f"{SPLITS[split]}.en.gz"
-    if not path.exists():
-        raise SystemExit(
-            f"error: {path} not found: pass --data-dir with the raw Multi30k task-1 files "
-            "(train.en.gz, val.en.gz, test_2016_flickr.en.gz); this script downloads nothing"
-        )
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
-    return lines[:limit] if limit else lines
-
-
-def prepare(args, profile: Profile, results: Path) -> Path:
-    """Raw English → sentencepiece (train side only) → fairseq-preprocess --only-source."""
-    data_bin = results / "data-bin"
-    if (data_bin / "preprocess.done").exists():
-        return data_bin
-    work = results / "data"
-    work.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        lines = read_split(args.data_dir, split, profile.max_sentences)
-        (work / f"{split}.raw.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    recipe.sentencepiece_encode(work, ["en"], args.vocab_size or profile.vocab_size)
-    recipe.binarize(results, data_bin, [
-        "--only-source", "--trainpref", f"{work}/train.spm.en",
-        "--validpref", f"{work}/valid.spm.en", "--testpref", f"{work}/test.spm.en",
-    ])
-    return data_bin
-
-
 def arch_flags(dim: int, layers: int, heads: int) -> List[str]:
     """fairseq's transformer_lm_gpt family (pre-norm, gelu, tied) at the given size."""
     return ["--decoder-embed-dim", str(dim), "--decoder-ffn-embed-dim", str(4 * dim),
@@ -90,13 +62,19 @@ def arch_flags(dim: int, layers: int, heads: int) -> List[str]:
             "--share-decoder-input-output-embed", "--dropout", "0.1", "--attention-dropout", "0.1"]
 
 
-def teacher_flags(profile: Profile, args, dim: Optional[int] = None) -> List[str]:
-    """A stock dense transformer_lm_gpt (``dim``: another width) with the teacher's recipe;
-    --user-dir only for its torch.load allow-list (resuming, --finetune-from-model)."""
+def teacher_flags(profile: Profile, args, dim: Optional[int] = None,
+                  embedding: Optional[List[str]] = None) -> List[str]:
+    """A stock dense transformer_lm_gpt (``dim``: another width; ``embedding``: adaptive input
+    flags, which replace the tied embedding) with the teacher's recipe; --user-dir only for its
+    torch.load allow-list (resuming, --finetune-from-model)."""
+    shape = arch_flags(dim or profile.dim, profile.layers, profile.heads)
+    if embedding:  # adaptive softmax's own loss (fairseq's adaptive_loss: the same cross-entropy)
+        shape = [flag for flag in shape if flag != "--share-decoder-input-output-embed"] + embedding
+        shape += ["--criterion", "adaptive_loss", "--ddp-backend", "legacy_ddp"]
     return merge_flags(
         ["--user-dir", str(PLUGIN), "--task", "language_modeling", "--arch", "transformer_lm_gpt",
          "--criterion", "cross_entropy", "--max-tokens", str(profile.max_tokens)],
-        SENTENCES, arch_flags(dim or profile.dim, profile.layers, profile.heads),
+        corpora.sample_flags(profile), shape,
         COMMON_TRAIN, profile.teacher_train, device_flags(args.use_gpu, args.fp16))
 
 
@@ -111,7 +89,7 @@ def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
          "--embedding-compression", str(spec.compression),
          "--criterion", "label_smoothed_cross_entropy_with_distillation",
          "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)],
-        SENTENCES, arch_flags(profile.dim, profile.layers, profile.heads), COMMON_TRAIN,
+        corpora.sample_flags(profile), arch_flags(profile.dim, profile.layers, profile.heads), COMMON_TRAIN,
         profile.student_train, STUDENT_BETA, spec.flags, device_flags(args.use_gpu, args.fp16))
 
 
@@ -121,7 +99,7 @@ _EVAL_SPEED = re.compile(r"Evaluated ([\d,]+) tokens in ([\d.]+)s \(([\d.]+) tok
 
 def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
              profile: Profile, name: str, subset: str = "test") -> Dict:
-    """Stock fairseq-eval-lm on ``subset``, one caption per sample (as in training)."""
+    """Stock fairseq-eval-lm on ``subset``, cut as in training (corpora.eval_flags)."""
     done = out_dir / ("eval.json" if subset == "test" else f"eval.{subset}.json")
     if done.exists():
         return json.loads(done.read_text())
@@ -129,7 +107,7 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
                               else f"{name}.{subset}.eval-lm.log")
     output = run([fairseq_tool("eval-lm"), str(data_bin), "--user-dir", str(PLUGIN),
                   "--path", str(checkpoint), "--gen-subset", subset,
-                  "--max-tokens", str(profile.max_tokens)] + SENTENCES
+                  "--max-tokens", str(profile.max_tokens)] + corpora.eval_flags(profile)
                  + device_flags(args.use_gpu, False), log)
     match = _EVAL_LM.search(output)
     if match is None:
@@ -165,34 +143,89 @@ def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path,
               teacher_total: Optional[int]) -> List[str]:
     """The fairseq-train flags of one row: a student of ``teacher``, a narrower dense LM with the
     ``compression``x student's total parameters (``teacher_total``: the teacher's parameter
-    count as its training logged it; only the dense rows read it), or the teacher trained on
-    with the students' schedule."""
+    count as its training logged it; only the dense rows read it), a stock adaptive-input LM with
+    the student's embedding parameters, or the teacher trained on with the students' schedule."""
     spec = ROWS[row]
     if spec.kind == "dense":
         target = recipe.dense_target_params(teacher_total, vocab, profile.dim, spec.compression)
         width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
         return teacher_flags(profile, args, dim=width)
+    if spec.kind == "adaptive":
+        cutoffs, factor = adaptive_cutoffs(vocab, profile.dim, spec.compression)
+        return teacher_flags(profile, args, embedding=adaptive_size.adaptive_flags(cutoffs, factor))
     if spec.kind == "continued":
         return merge_flags(teacher_flags(profile, args), profile.student_train,
                            ["--finetune-from-model", str(teacher)])
     return student_flags(row, profile, args, teacher)
 
 
+def student_embedding_params(vocab: int, dim: int, compression: float) -> int:
+    """r·(V+d) of the ``compression``x low-rank student."""
+    rank = factorization.rank_for_compression(vocab, dim, compression)
+    return factorization.factorized_embedding_params(vocab, dim, rank)
+
+
+def adaptive_cutoffs(vocab: int, dim: int, compression: float):
+    """The adaptive-input bands whose parameters match the ``compression``x student's."""
+    target = student_embedding_params(vocab, dim, compression)
+    return adaptive_size.matching_adaptive_cutoffs(vocab, dim, target)
+
+
+def post_training_row(row: str, base: Dict, base_checkpoint: Path, data_bin: Path, results: Path,
+                      args, profile: Profile) -> Dict:
+    """Export ``base_checkpoint`` with ``--embedding-bits`` (a stage: skipped when the file
+    exists), count its stored embedding bytes as ``stats`` does and score it."""
+    spec = POST_TRAINING_ROWS[row]
+    out_dir = results / "rows" / row
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exported = out_dir / f"int{spec.bits}.pt"
+    if not exported.exists():
+        partial = out_dir / f"int{spec.bits}.partial.pt"
+        run([sys.executable, "-m", "fairseq_distilled_emb", "export", str(base_checkpoint),
+             str(partial), "--embedding-bits", str(spec.bits)], results / "logs" / f"{row}.export.log")
+        partial.rename(exported)
+    state = load_checkpoint(exported)
+    stored = embedding_summary(state["model"], model_config(state))["embedding_bytes"]
+    scores = evaluate(data_bin, exported, out_dir, results, args, profile, row)
+    return {"embedding_params": base["embedding_params"], "total_params": base.get("total_params"),
+            "embedding_bytes": stored,
+            **scores, "description": spec.description, "updates": 0, "train_seconds": 0}
+
+
 def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
-             teacher_summary: Dict) -> Dict[str, Dict]:
-    rows = {}
+             rows: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Every requested row into ``rows`` (which holds the teacher's); a post-training row runs
+    the row it exports first when that was not requested before it."""
     vocab = dictionary_size(data_bin)
-    for row in args.rows or profile.rows:
+
+    def trained(row: str) -> Dict:
+        if row in rows:
+            return rows[row]
+        if row in POST_TRAINING_ROWS:
+            base = POST_TRAINING_ROWS[row].base
+            base_dir = teacher_ckpt.parent if base == "teacher" else results / "rows" / base
+            rows[row] = post_training_row(row, trained(base), base_dir / "checkpoint_best.pt",
+                                          data_bin, results, args, profile)
+            return rows[row]
         save_dir = results / "rows" / row
         spec = ROWS[row]
         flags = row_flags(row, profile, args, vocab, teacher_ckpt,
-                          teacher_summary.get("total_params"))
+                          rows["teacher"].get("total_params"))
         summary = train(data_bin, save_dir, flags, row, results)
-        if spec.kind != "student":  # a dense model's embedding: V × its own width
+        if spec.kind == "adaptive":
+            cutoffs, factor = adaptive_cutoffs(vocab, profile.dim, spec.compression)
+            summary["embedding_params"] = adaptive_size.adaptive_embedding_params(
+                vocab, profile.dim, cutoffs, factor)
+        elif spec.kind != "student":  # a dense model's embedding: V × its own width
             summary["embedding_params"] = vocab * int(flags[flags.index("--decoder-embed-dim") + 1])
+        summary["embedding_bytes"] = 4 * summary["embedding_params"]  # fp32, as trained
         scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
                           profile, row)
-        rows[row] = {**summary, **scores, "description": ROWS[row].description}
+        rows[row] = {**summary, **scores, "description": spec.description}
+        return rows[row]
+
+    for row in args.rows or profile.rows:
+        trained(row)
     return rows
 
 
@@ -203,11 +236,13 @@ def main(argv=None):
     parser.add_argument("--results", type=Path,
                         help="results directory (default results/lm-multi30k-<profile>)")
     parser.add_argument("--data-dir", type=Path,
-                        default=REPO.parent / "shared" / "data" / "multi30k",
-                        help="raw Multi30k task-1 files (train.en.gz, val.en.gz, "
-                        "test_2016_flickr.en.gz)")
+                        help="the raw corpus: WikiText-2's wiki.{train,valid,test}.tokens.gz "
+                        "(default ../shared/data/wikitext-2) for the wikitext2-* profiles, else "
+                        "Multi30k task-1's train.en.gz, val.en.gz, test_2016_flickr.en.gz "
+                        "(default ../shared/data/multi30k)")
     parser.add_argument("--vocab-size", type=int,
-                        help="sentencepiece vocabulary (default: the profile's)")
+                        help="sentencepiece vocabulary, or WikiText-2's most frequent words kept "
+                        "(default: the profile's; 0: all)")
     parser.add_argument("--rows", nargs="*", choices=ALL_ROWS, help="student/baseline rows to run")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="train in fp32 on GPU")
@@ -224,10 +259,12 @@ def main(argv=None):
 
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
     profile = with_overrides(PROFILES[args.profile], args)
-    results = args.results or REPO / "results" / f"lm-multi30k-{args.profile}"
+    args.data_dir = args.data_dir or corpora.DEFAULT_DATA[profile.corpus]
+    default_name = args.profile if profile.corpus == "wikitext2" else f"multi30k-{args.profile}"
+    results = args.results or REPO / "results" / f"lm-{default_name}"
     results.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data_bin = prepare(args, profile, results)
+    data_bin = corpora.prepare(args, profile, results)
     teacher_dir = results / "teacher"
     teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher", results)
     teacher_ckpt = teacher_dir / "checkpoint_best.pt"
@@ -236,11 +273,13 @@ def main(argv=None):
     vocab = dictionary_size(data_bin)
     rows = {"teacher": {**teacher_summary, **teacher_scores,
                         "embedding_params": vocab * profile.dim,
+                        "embedding_bytes": 4 * vocab * profile.dim,
                         "description": TEACHER_DESCRIPTION}}
-    rows.update(run_rows(args, profile, results, data_bin, teacher_ckpt, teacher_summary))
+    rows = run_rows(args, profile, results, data_bin, teacher_ckpt, rows)
     test_sentences = sum(1 for _ in open(results / "data" / "test.raw.en", encoding="utf-8"))
-    meta = {"profile": args.profile, "notes": profile.notes, "vocab": vocab, "dim": profile.dim,
-            "test_sentences": test_sentences,
+    meta = {"profile": args.profile, "corpus": profile.corpus, "notes": profile.notes,
+            "vocab": vocab, "dim": profile.dim, "test_sentences": test_sentences,
+            "sample_flags": " ".join(corpora.eval_flags(profile)),
             "device": (torch.cuda.get_device_name(0) if args.use_gpu
                        else f"cpu ({os.cpu_count()} cores)"),
             "wall_seconds": time.perf_counter() - started,

@@ -1,0 +1,74 @@
+"""The language-model recipe's WikiText-2 profile, CI-sized (the first 300 lines of each split of
+../shared's WikiText-2, or a generated WikiText-style corpus): word level through
+fairseq-preprocess, the teacher, an 8x student, the adaptive-input row at the student's embedding
+bytes and two post-training rows, each scored by fairseq-eval-lm with a context window."""
+
+import gzip
+import json
+import re
+import sys
+
+from helpers import run_recipe
+
+from examples import adaptive_size
+from fairseq_distilled_emb.checkpoints import load_checkpoint
+
+CODE_SHAPE_BYTES = 24  # the quantized kind's (3,) int64 buffer
+
+
+def unique_params(state, prefixes):
+    """Parameters of the tensors under ``prefixes``, each storage counted once (tied ones);
+    fairseq's one-element ``_float_tensor`` and ``version`` buffers are not parameters."""
+    seen = {}
+    for key, tensor in state.items():
+        if key.startswith(prefixes) and not key.endswith(("._float_tensor", ".version")):
+            seen[tensor.untyped_storage().data_ptr()] = tensor.numel()
+    return sum(seen.values())
+
+
+def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "examples.language_model.run", "--profile", "wikitext2-ci",
+               "--device", "cpu", "--results", str(results), "--data-dir", str(wikitext_dir)]
+    finished = run_recipe(command, timeout=600)
+    assert finished.returncode == 0, (finished.stdout + finished.stderr)[-3000:]
+    saved = json.loads((results / "results.json").read_text())
+    rows = saved["rows"]
+    assert list(rows) == ["teacher", "distilled_8x", "adaptive_8x", "teacher_int4",
+                          "distilled_8x_ptq_int8"]
+
+    # word level: the 996 most frequent training words (+4 specials), no subword pieces
+    with gzip.open(wikitext_dir / "wiki.train.tokens.gz", "rt", encoding="utf-8") as handle:
+        train_words = {word for line in handle.read().split("\n")[:300] for word in line.split()}
+    words = [line.split()[0] for line in (results / "data-bin" / "dict.txt").open()]
+    assert len(words) == 996 and set(words) <= train_words
+    # every test token is scored once: the words of the first 300 lines plus one </s> a line
+    test_lines = (results / "data" / "test.raw.en").read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(test_lines) == 300
+    scored = sum(len(line.split()) + 1 for line in test_lines)
+    for name, row in rows.items():
+        log = (results / "logs" / f"{name}.eval-lm.log").read_text()
+        loss, perplexity = re.findall(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", log)[-1]
+        assert (row["loss_base2"], row["perplexity"]) == (float(loss), float(perplexity))
+        assert row["eval_tokens"] == scored
+
+    vocab, dim, rank = 1000, 64, 7  # rank of the 8x student: floor(V·d/8 / (V+d))
+    assert rows["distilled_8x"]["embedding_params"] == rank * (vocab + dim)
+    # the adaptive-input row: the student's embedding bytes within 5 %, counted as fairseq built it
+    adaptive = rows["adaptive_8x"]
+    assert abs(adaptive["embedding_params"] / rows["distilled_8x"]["embedding_params"] - 1) < 0.05
+    state = load_checkpoint(results / "rows" / "adaptive_8x" / "checkpoint_best.pt")["model"]
+    assert adaptive["embedding_params"] == unique_params(
+        state, ("decoder.embed_tokens.", "decoder.adaptive_softmax."))
+    cutoffs, factor = adaptive_size.matching_adaptive_cutoffs(vocab, dim, rank * (vocab + dim))
+    assert (cutoffs, factor) == ([21, 63], 8)
+    assert state["decoder.embed_tokens.embeddings.2.0.weight"].shape == (vocab - 63, dim // 64)
+
+    # post-training rows: the stored bytes of the int codes (+fp16 scale and offset per row)
+    assert rows["teacher_int4"]["embedding_bytes"] == vocab * (dim // 2 + 4) + CODE_SHAPE_BYTES
+    assert rows["distilled_8x_ptq_int8"]["embedding_bytes"] == (
+        vocab * (rank + 4) + rank * dim * 4 + CODE_SHAPE_BYTES)
+    assert rows["teacher_int4"]["updates"] == 0
+    table = (results / "results.md").read_text()
+    assert "| teacher_int4 | the teacher's E in int4 codes, post-training (no training) | 64,000 | " \
+           f"{256000 / rows['teacher_int4']['embedding_bytes']:.2f} |" in table
