@@ -206,6 +206,35 @@ def test_project_in_out_export_is_a_stock_transformer_lm_with_the_students_proba
     assert torch.allclose(scores[0], scores[1], rtol=0, atol=1e-5)
 
 
+def test_ctranslate2_converts_the_project_in_out_export_and_scores_as_the_student(
+        lm_student, lm_data_bin, tmp_path):
+    """CTranslate2's fairseq converter accepts the stock export (transformer_lm with project
+    in/out); its float32 model gives each target token the student's log-probability."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import subprocess
+    import sys
+
+    from benchmarks.ctranslate2_anchor import convert, converter_input
+
+    checkpoint, _log = lm_student
+    stock = tmp_path / "stock_lm.pt"
+    subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--project-in-out",
+                    str(checkpoint), str(stock)], check=True, capture_output=True)
+    model_bin = convert(converter_input(stock, tmp_path), lm_data_bin, tmp_path / "ct2", "float32")
+    model, task, batch = loaded_model_and_batch(checkpoint, max_sentences=8)
+    with torch.no_grad():
+        log_probs = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
+    target, pad = batch["target"], task.dictionary.pad()
+    expected = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    # fairseq's LM starts every sample from </s>; CTranslate2 scores the tokens after the first
+    sentences = [["</s>"] + [task.dictionary[i] for i in row[row != pad].tolist()]
+                 for row in target]
+    generator = ctranslate2.Generator(str(model_bin.parent), device="cpu")
+    for row, result in enumerate(generator.score_batch(sentences)):
+        wanted = expected[row][target[row] != pad]
+        assert torch.allclose(torch.tensor(result.log_probs), wanted, rtol=0, atol=1e-4)
+
+
 def test_stock_interactive_sampling_continues_prompts(
     lm_student, lm_data_bin, spm_corpus, multi30k_corpus
 ):
