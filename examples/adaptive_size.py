@@ -14,6 +14,8 @@ from typing import List, Sequence, Tuple
 #: the tail band holds this many times the head's words (Baevski & Auli's WikiText-103 cutoffs
 #: 20k/60k of 267k keep the same 1:2 head-to-middle proportion)
 MIDDLE_BAND = 3
+#: the fewest words of the head band (fairseq gives every band's table the padding index 1)
+MIN_HEAD = 8
 #: band-width divisors tried, smallest first: fairseq's default 4, then coarser ones that reach
 #: the higher compressions 4 cannot
 FACTORS = (4, 8, 16)
@@ -40,22 +42,24 @@ def adaptive_flags(cutoffs: Sequence[int], factor: int) -> List[str]:
 
 def matching_adaptive_cutoffs(vocab: int, dim: int, target_params: int) -> Tuple[List[int], int]:
     """(cutoffs, factor) whose embedding comes closest to ``target_params``: the smallest factor
-    of ``FACTORS`` that can get there, two cutoffs [c, 3c], and the head size c found by bisection
-    (the count grows with c)."""
+    of ``FACTORS`` that can get there, two cutoffs [c, 3c], and the head size c ≥ ``MIN_HEAD``
+    found by bisection (the count grows with c). The caller checks how close it came: a target
+    below what the coarsest bands need cannot be met."""
     def params(head: int, factor: int) -> int:
         return adaptive_embedding_params(vocab, dim, [head, MIDDLE_BAND * head], factor)
 
     limit = (vocab - 1) // MIDDLE_BAND
     for factor in FACTORS:
-        if params(1, factor) > target_params and factor != FACTORS[-1]:
+        if params(MIN_HEAD, factor) > target_params and factor != FACTORS[-1]:
             continue
-        low, high = 1, limit
+        low, high = MIN_HEAD, limit
         while low < high:
             middle = (low + high) // 2
             if params(middle, factor) < target_params:
                 low = middle + 1
             else:
                 high = middle
-        head = min((max(1, low - 1), low), key=lambda c: abs(params(c, factor) - target_params))
+        head = min((max(MIN_HEAD, low - 1), low),
+                   key=lambda c: abs(params(c, factor) - target_params))
         return [head, MIDDLE_BAND * head], factor
     raise AssertionError("unreachable: the last factor always returns")

@@ -166,9 +166,17 @@ def student_embedding_params(vocab: int, dim: int, compression: float) -> int:
 
 
 def adaptive_cutoffs(vocab: int, dim: int, compression: float):
-    """The adaptive-input bands whose parameters match the ``compression``x student's."""
+    """The adaptive-input bands whose parameters match the ``compression``x student's (within
+    5 %, or an error line: a small vocabulary's coarsest bands can hold more than the student)."""
     target = student_embedding_params(vocab, dim, compression)
-    return adaptive_size.matching_adaptive_cutoffs(vocab, dim, target)
+    cutoffs, factor = adaptive_size.matching_adaptive_cutoffs(vocab, dim, target)
+    found = adaptive_size.adaptive_embedding_params(vocab, dim, cutoffs, factor)
+    if abs(found / target - 1) > 0.05:
+        raise SystemExit(
+            f"error: adaptive_{compression:g}x: no adaptive input of V={vocab}, d={dim} has the "
+            f"{compression:g}x student's {target:,} embedding parameters (the closest, cutoffs "
+            f"{','.join(map(str, cutoffs))} factor {factor}, has {found:,}); leave the row out")
+    return cutoffs, factor
 
 
 def post_training_row(row: str, base: Dict, base_checkpoint: Path, data_bin: Path, results: Path,
