@@ -15,6 +15,7 @@ from examples import dense_size
 from examples.multi30k.commands import merge_flags
 
 TRANSLATION_VOCAB, LM_VOCAB = 8008, 4008  # the recipes' joined / English dictionaries
+WIKITEXT2_VOCAB = 33280
 DEVICES = [(False, True), (True, True), (True, False)]  # --cpu, --fp16, GPU in fp32
 
 
@@ -44,11 +45,17 @@ def translation_commands(recipe, profile_name, args):
 
 
 def language_model_commands(lm, profile_name, args):
+    """``{stage: fairseq-train command}`` of the teacher and of every row that trains (the
+    post-training rows run export and eval-lm only; the adaptive rows on WikiText-2 only: a 4k
+    sentencepiece vocabulary has no adaptive input as small as the 16x student)."""
     profile = lm.with_overrides(lm.PROFILES[profile_name], args)
-    teacher_total = dense_size.transformer_lm_params(LM_VOCAB, profile.dim, profile.layers)
+    vocab = WIKITEXT2_VOCAB if profile.corpus == "wikitext2" else LM_VOCAB
+    teacher_total = dense_size.transformer_lm_params(vocab, profile.dim, profile.layers)
     flags = {"teacher": lm.teacher_flags(profile, args)}
     for row in lm.ALL_ROWS:
-        flags[row] = lm.row_flags(row, profile, args, LM_VOCAB, "teacher.pt", teacher_total)
+        adaptive = row in lm.ROWS and lm.ROWS[row].kind == "adaptive"
+        if row not in lm.POST_TRAINING_ROWS and (profile.corpus == "wikitext2" or not adaptive):
+            flags[row] = lm.row_flags(row, profile, args, vocab, "teacher.pt", teacher_total)
     return {name: lm.recipe.train_command(Path("data-bin"), Path("rows") / name, row_flags)
             for name, row_flags in flags.items()}
 
@@ -67,12 +74,14 @@ def test_every_translation_training_command_carries_each_flag_once(profile_name,
 
 @pytest.mark.parametrize("student_updates", [None, 700])
 @pytest.mark.parametrize("use_gpu, fp16", DEVICES)
-@pytest.mark.parametrize("profile_name", ["ci", "demo", "full"])
+@pytest.mark.parametrize("profile_name", ["ci", "demo", "full", "wikitext2-ci", "wikitext2-cpu",
+                                          "wikitext2-full"])
 def test_every_language_model_training_command_carries_each_flag_once(profile_name, use_gpu,
                                                                       fp16, student_updates):
     commands = language_model_commands(load_recipe("language_model"), profile_name,
                                        recipe_args(use_gpu, fp16, student_updates))
-    assert len(commands) == 9  # the teacher and the 8 rows
+    # the teacher and the rows that train (the two adaptive ones on WikiText-2)
+    assert len(commands) == (13 if profile_name.startswith("wikitext2") else 11)
     assert {name: repeated(command) for name, command in commands.items()
             if repeated(command)} == {}
 
@@ -151,6 +160,6 @@ def test_decoding_export_and_sequence_kd_commands_carry_each_flag_once(monkeypat
             lm.PROFILES[name], "row")
     commands["export"] = first_command(monkeypatch, stages, stages.export_size, checkpoint, out,
                                        tmp_path, "row")
-    assert len(commands) == 12
+    assert len(commands) == 15
     assert {name: repeated(command) for name, command in commands.items()
             if repeated(command)} == {}
