@@ -19,8 +19,14 @@ $(VENV)/.installed: setup.py
 
 setup: $(VENV)/.installed
 
+# the recipe tests (minutes each) first, so that the two xdist workers start on them instead of
+# meeting them last; pytest collects each file once
+SLOW_FIRST = tests/examples/test_multi30k_recipe.py tests/examples/test_multi30k_sequence_kd.py \
+	tests/examples/test_multi30k_recipe_en_de.py tests/examples/test_language_model_wikitext.py \
+	tests/examples/test_language_model_recipe.py
+
 test: setup
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(SLOW_FIRST) tests $(PYTEST_ARGS)
 
 # then the bytes: post-training int4/int2 codes of the teacher's E and int4 codes of the 8x
 # student's f(U) (decode only, test set): benchmarks/bytes_frontier.py
