@@ -86,11 +86,12 @@ PROFILES = {
     "wikitext2-cpu": Profile(
         corpus="wikitext2", max_sentences=None, vocab_size=0, dim=256, layers=2, heads=4,
         tokens_per_sample=256, context_window=128,
-        # validated and saved every 128 updates (an epoch is 255 updates of 8,192 tokens), so a
-        # run stopped mid-epoch resumes there; stopped after 6 validations (3 epochs) without a
-        # better valid loss
+        # validated and saved every 128 updates and only then (an epoch is 255 updates of 8,192
+        # tokens; no extra end-of-epoch validation), so a run stopped mid-epoch resumes there;
+        # stopped after 6 validations (768 updates, 3 epochs) without a better valid loss
         teacher_train=["--lr", "2e-3", "--warmup-updates", "250", "--max-epoch", "40",
                        "--save-interval-updates", "128", "--keep-interval-updates", "1",
+                       "--validate-interval", "1000", "--save-interval", "1000",
                        "--patience", "6"],
         # the translation students' rule (cosine from 1.5x the teacher's peak), ~1.2 epochs
         student_train=cosine_fine_tuning(3e-3, 300),
