@@ -66,9 +66,8 @@ def prepare(args, profile, results: Path) -> Path:
 
 def sample_flags(profile) -> List[str]:
     """How training and evaluation cut the text: a caption, or a block of the running text."""
-    if profile.corpus == "wikitext2":
-        return ["--sample-break-mode", "none", "--tokens-per-sample", str(profile.tokens_per_sample)]
-    return ["--sample-break-mode", "eos", "--tokens-per-sample", str(profile.tokens_per_sample)]
+    mode = "none" if profile.corpus == "wikitext2" else "eos"
+    return ["--sample-break-mode", mode, "--tokens-per-sample", str(profile.tokens_per_sample)]
 
 
 def eval_flags(profile) -> List[str]:

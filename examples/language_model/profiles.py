@@ -98,10 +98,9 @@ PROFILES = {
         rows=WIKITEXT_ROWS, max_tokens=8192,
         notes="cpu profile: WikiText-2 word level (33,280 symbols), teacher transformer_lm_gpt "
         "d=256, 2 layers, FFN 1024, tied (84 % of its parameters are the embedding), blocks of "
-        "256 tokens, until valid loss stops improving (validated every 128 updates, patience 6: 3 "
-        "epochs); 300 fine-tuning "
-        "updates of 8,192 tokens per student; the adaptive-input and dense rows train from "
-        "scratch with the teacher's recipe.",
+        "256 tokens, until valid loss stops improving (validated every 128 updates, patience 6: "
+        "3 epochs); 300 fine-tuning updates of 8,192 tokens per student; the adaptive-input and "
+        "dense rows train from scratch with the teacher's recipe.",
     ),
     "wikitext2-full": Profile(
         corpus="wikitext2", max_sentences=None, vocab_size=0, dim=512, layers=4, heads=8,

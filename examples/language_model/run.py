@@ -26,7 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from examples import adaptive_size, dense_size
 from examples.language_model import corpora
@@ -89,8 +89,9 @@ def student_flags(row: str, profile: Profile, args, teacher: Path) -> List[str]:
          "--embedding-compression", str(spec.compression),
          "--criterion", "label_smoothed_cross_entropy_with_distillation",
          "--label-smoothing", "0.0", "--max-tokens", str(profile.max_tokens)],
-        corpora.sample_flags(profile), arch_flags(profile.dim, profile.layers, profile.heads), COMMON_TRAIN,
-        profile.student_train, STUDENT_BETA, spec.flags, device_flags(args.use_gpu, args.fp16))
+        corpora.sample_flags(profile), arch_flags(profile.dim, profile.layers, profile.heads),
+        COMMON_TRAIN, profile.student_train, STUDENT_BETA, spec.flags,
+        device_flags(args.use_gpu, args.fp16))
 
 
 _EVAL_LM = re.compile(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)")
@@ -151,7 +152,7 @@ def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path,
         width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
         return teacher_flags(profile, args, dim=width)
     if spec.kind == "adaptive":
-        cutoffs, factor = adaptive_cutoffs(vocab, profile.dim, spec.compression)
+        cutoffs, factor, _params = adaptive_embedding(vocab, profile.dim, spec.compression)
         return teacher_flags(profile, args, embedding=adaptive_size.adaptive_flags(cutoffs, factor))
     if spec.kind == "continued":
         return merge_flags(teacher_flags(profile, args), profile.student_train,
@@ -165,9 +166,10 @@ def student_embedding_params(vocab: int, dim: int, compression: float) -> int:
     return factorization.factorized_embedding_params(vocab, dim, rank)
 
 
-def adaptive_cutoffs(vocab: int, dim: int, compression: float):
-    """The adaptive-input bands whose parameters match the ``compression``x student's (within
-    5 %, or an error line: a small vocabulary's coarsest bands can hold more than the student)."""
+def adaptive_embedding(vocab: int, dim: int, compression: float) -> Tuple[List[int], int, int]:
+    """(cutoffs, factor, embedding parameters) of the adaptive input whose parameters match the
+    ``compression``x student's (within 5 %, or an error line: a small vocabulary's coarsest bands
+    can hold more than the student)."""
     target = student_embedding_params(vocab, dim, compression)
     cutoffs, factor = adaptive_size.matching_adaptive_cutoffs(vocab, dim, target)
     found = adaptive_size.adaptive_embedding_params(vocab, dim, cutoffs, factor)
@@ -176,7 +178,7 @@ def adaptive_cutoffs(vocab: int, dim: int, compression: float):
             f"error: adaptive_{compression:g}x: no adaptive input of V={vocab}, d={dim} has the "
             f"{compression:g}x student's {target:,} embedding parameters (the closest, cutoffs "
             f"{','.join(map(str, cutoffs))} factor {factor}, has {found:,}); leave the row out")
-    return cutoffs, factor
+    return cutoffs, factor, found
 
 
 def post_training_row(row: str, base: Dict, base_checkpoint: Path, data_bin: Path, results: Path,
@@ -187,11 +189,10 @@ def post_training_row(row: str, base: Dict, base_checkpoint: Path, data_bin: Pat
     out_dir = results / "rows" / row
     out_dir.mkdir(parents=True, exist_ok=True)
     exported = out_dir / f"int{spec.bits}.pt"
-    if not exported.exists():
-        partial = out_dir / f"int{spec.bits}.partial.pt"
+    if not exported.exists():  # export writes atomically: the file exists only once complete
         run([sys.executable, "-m", "fairseq_distilled_emb", "export", str(base_checkpoint),
-             str(partial), "--embedding-bits", str(spec.bits)], results / "logs" / f"{row}.export.log")
-        partial.rename(exported)
+             str(exported), "--embedding-bits", str(spec.bits)],
+            results / "logs" / f"{row}.export.log")
     state = load_checkpoint(exported)
     stored = embedding_summary(state["model"], model_config(state))["embedding_bytes"]
     scores = evaluate(data_bin, exported, out_dir, results, args, profile, row)
@@ -221,9 +222,8 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
                           rows["teacher"].get("total_params"))
         summary = train(data_bin, save_dir, flags, row, results)
         if spec.kind == "adaptive":
-            cutoffs, factor = adaptive_cutoffs(vocab, profile.dim, spec.compression)
-            summary["embedding_params"] = adaptive_size.adaptive_embedding_params(
-                vocab, profile.dim, cutoffs, factor)
+            summary["embedding_params"] = adaptive_embedding(vocab, profile.dim,
+                                                             spec.compression)[2]
         elif spec.kind != "student":  # a dense model's embedding: V × its own width
             summary["embedding_params"] = vocab * int(flags[flags.index("--decoder-embed-dim") + 1])
         summary["embedding_bytes"] = 4 * summary["embedding_params"]  # fp32, as trained

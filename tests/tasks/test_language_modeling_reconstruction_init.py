@@ -175,19 +175,27 @@ def test_eval_lm_reports_a_finite_student_perplexity(lm_student, lm_data_bin):
     assert 1 < perplexity < vocabulary_size(lm_data_bin) / 2
 
 
-def test_project_in_out_export_is_a_stock_transformer_lm_with_the_students_probabilities(
-        lm_student, lm_data_bin, tmp_path):
-    """f(U) as the stock embedding, W as project_in_dim/project_out_dim: plain fairseq (no
-    plugin) scores the test set as the student does."""
+@pytest.fixture(scope="module")
+def stock_lm_export(lm_student, tmp_path_factory):
+    """``export --project-in-out`` of the student: a stock transformer_lm (read by two tests)."""
     import subprocess
     import sys
 
     checkpoint, _log = lm_student
-    stock = tmp_path / "stock_lm.pt"
+    stock = tmp_path_factory.mktemp("stock-lm") / "stock_lm.pt"
     export = subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export",
                              "--project-in-out", str(checkpoint), str(stock)],
                             capture_output=True, text=True)
     assert export.returncode == 0, export.stderr[-2000:]
+    return stock
+
+
+def test_project_in_out_export_is_a_stock_transformer_lm_with_the_students_probabilities(
+        lm_student, stock_lm_export, lm_data_bin):
+    """f(U) as the stock embedding, W as project_in_dim/project_out_dim: plain fairseq (no
+    plugin) scores the test set as the student does."""
+    checkpoint, _log = lm_student
+    stock = stock_lm_export
     saved = torch.load(stock, weights_only=True)
     assert saved["cfg"]["model"]["_name"] == "transformer_lm"
     rank = saved["model"]["decoder.project_out_dim.weight"].shape[0]
@@ -209,20 +217,15 @@ def test_project_in_out_export_is_a_stock_transformer_lm_with_the_students_proba
 
 
 def test_ctranslate2_converts_the_project_in_out_export_and_scores_as_the_student(
-        lm_student, lm_data_bin, tmp_path):
+        lm_student, stock_lm_export, lm_data_bin, tmp_path):
     """CTranslate2's fairseq converter accepts the stock export (transformer_lm with project
     in/out); its float32 model gives each target token the student's log-probability."""
     ctranslate2 = pytest.importorskip("ctranslate2")
-    import subprocess
-    import sys
-
     from benchmarks.ctranslate2_anchor import convert, converter_input
 
     checkpoint, _log = lm_student
-    stock = tmp_path / "stock_lm.pt"
-    subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--project-in-out",
-                    str(checkpoint), str(stock)], check=True, capture_output=True)
-    model_bin = convert(converter_input(stock, tmp_path), lm_data_bin, tmp_path / "ct2", "float32")
+    source = converter_input(stock_lm_export, tmp_path)
+    model_bin = convert(source, lm_data_bin, tmp_path / "ct2", "float32")
     model, task, batch = loaded_model_and_batch(checkpoint, max_sentences=8)
     with torch.no_grad():
         log_probs = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
@@ -237,7 +240,7 @@ def test_ctranslate2_converts_the_project_in_out_export_and_scores_as_the_studen
         assert torch.allclose(torch.tensor(result.log_probs), wanted, rtol=0, atol=1e-4)
     # int8 (both factors in per-row codes): the re-balanced factors keep the mean log-probability
     # (measured 0.0016 off; the student's own f(U) and W, exported as they are, 0.085)
-    int8 = convert(converter_input(stock, tmp_path), lm_data_bin, tmp_path / "ct2_int8", "int8")
+    int8 = convert(source, lm_data_bin, tmp_path / "ct2_int8", "int8")
     generator = ctranslate2.Generator(str(int8.parent), device="cpu")
     scored = torch.cat([torch.tensor(result.log_probs)
                         for result in generator.score_batch(sentences)])
