@@ -21,9 +21,18 @@ import json
 from pathlib import Path
 
 from benchmarks.common import load_recipe
-from examples.multi30k.commands import merge_flags
+from examples.multi30k.commands import merge_flags, without_flags
 
 SCHEDULERS = ("inverse_sqrt", "fixed", "cosine")
+
+
+def point_flags(profile_flags, lr, scheduler, warmup, updates, beta, embedding_first):
+    """The row's flags with the point's schedule merged over them. Only cosine takes
+    ``--min-lr``: a profile's cosine floor is dropped when the point uses another scheduler
+    (fairseq's inverse_sqrt and fixed reject the flag)."""
+    flags = merge_flags(profile_flags, schedule_flags(lr, scheduler, warmup, updates, beta,
+                                                      embedding_first))
+    return flags if scheduler == "cosine" else without_flags(flags, "--min-lr")
 
 
 def schedule_flags(lr, scheduler, warmup, updates, beta, embedding_first):
@@ -93,8 +102,8 @@ def main():
         if (save_dir / "point.json").exists():
             continue
         row_data = recipe.training_data(args, profile, args.results, data_bin, teacher, data)
-        flags = merge_flags(recipe.student_flags(row, profile, args, teacher), schedule_flags(
-            lr, scheduler, warmup, updates, beta, embedding_first))
+        flags = point_flags(recipe.student_flags(row, profile, args, teacher), lr, scheduler,
+                            warmup, updates, beta, embedding_first)
         summary = recipe.train(row_data, save_dir, flags, name, args.results)
         score = recipe.evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, args.results,
                                 args, profile, name, subset="valid")

@@ -119,6 +119,13 @@ def merge_flags(*groups: Sequence[str]) -> List[str]:
     return [token for flag, values in merged.items() for token in (flag, *values)]
 
 
+def without_flags(flags: Sequence[str], *names: str) -> List[str]:
+    """``flags`` less each ``--name`` in ``names`` and its values: for a flag that the rest of the
+    command no longer accepts (``--min-lr`` once the scheduler is not cosine)."""
+    return [token for flag, values in _flag_items(flags) if flag not in names
+            for token in (flag, *values)]
+
+
 def _flag_items(group: Sequence[str]) -> List[Tuple[str, List[str]]]:
     """``[--a, 1, --b, --c, x]`` as ``[(--a, [1]), (--b, []), (--c, [x])]``."""
     items: List[Tuple[str, List[str]]] = []

@@ -1,0 +1,38 @@
+"""The schedule sweep's points are commands fairseq accepts: a point's scheduler replaces the
+profile's cosine, and cosine's ``--min-lr`` floor goes with it (fairseq's inverse_sqrt and fixed
+schedulers reject the flag)."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fairseq import options
+
+from benchmarks.common import load_recipe
+from benchmarks.schedule_sweep import SCHEDULERS, point_flags
+
+
+def parsed(flags):
+    """``flags`` as fairseq-train parses them (SystemExit on an argument it rejects)."""
+    parser = options.get_training_parser()
+    return options.parse_args_and_arch(parser, ["data-bin", *flags])
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_every_scheduler_point_of_the_cosine_demo_profile_parses(scheduler):
+    recipe = load_recipe()
+    args = SimpleNamespace(use_gpu=False, fp16=True, max_tokens=None, student_updates=None)
+    profile = recipe.with_overrides(recipe.PROFILES["demo"], args)
+    row = recipe.student_flags("distilled_8x", profile, args, Path("teacher.pt"))
+    assert "--min-lr" in row  # the demo's students use the cosine schedule
+
+    flags = point_flags(row, 2e-3, scheduler, 40, 300, 0.5, 0)
+    cfg = parsed(flags)
+
+    assert (cfg.lr_scheduler, cfg.lr, cfg.warmup_updates, cfg.max_update) == (
+        scheduler, [2e-3], 40, 300)
+    assert cfg.embedding_distill_weight == 0.5
+    if scheduler == "cosine":
+        assert cfg.min_lr == pytest.approx(2e-5)
+    else:
+        assert "--min-lr" not in flags
