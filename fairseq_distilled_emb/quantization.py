@@ -6,8 +6,10 @@ the only way back: the fake-quantized forward pass of training and the exported 
 compute the same floats, so the exported model scores what the trained one scored.
 
 Codes are affine per row, ``x ≈ code·scale + offset`` with ``code ∈ [0, 2^bits − 1]``; scale and
-offset are stored in fp16 (4 bytes a row). A ReLU factor f(U) is non-negative and its rows' minimum
-is almost always 0, which the affine code keeps exact. Codes narrower than 8 bits are packed
+offset are stored in fp16 (4 bytes a row). The offset earns its 2 bytes even for a ReLU factor f(U):
+f(U) is rarely 0 (1.5 % of the entries of the demo's 8x student, after rescaling), 84 % of its rows
+have a positive minimum, and codes over [0, max] (scale only) leave E 17x further off at int8
+(relative error 7.9 % against 0.47 %) and 13x at int4 (79 % against 6.1 %). Codes narrower than 8 bits are packed
 into bytes (two 4-bit codes a byte, ...); a row's codes start on a byte boundary, so a lookup
 unpacks only the rows it gathers.
 """
