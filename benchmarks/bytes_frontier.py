@@ -119,6 +119,39 @@ def table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+#: byte budgets (× fewer embedding bytes than fp32 E, at least) the choice table answers for,
+#: after those of the teacher's own int8 and int4 codes (the issue's 25x / 50x / 90x targets)
+BUDGETS = (25, 50, 90)
+
+
+def budget_choices(rows: List[Dict], budgets=None) -> str:
+    """For each budget (at least ``b``× fewer embedding bytes than fp32 E; by default the int8
+    and int4 teacher's own, then :data:`BUDGETS`), the point a user would pick: the best *valid*
+    BLEU among the points that fit, with its test BLEU reported, and beside it the best
+    teacher-only point (post-training codes: no training), chosen the same way."""
+    teacher = next((r for r in rows if r["name"] == "teacher_fp16"), None)
+    if budgets is None:
+        budgets = [r["fewer_than_fp32"] for r in rows if r["name"] in ("teacher_int8",
+                                                                       "teacher_int4")]
+        budgets = sorted(budgets) + list(BUDGETS)
+    lines = ["| budget (× fewer) | chosen on valid | × fewer | valid BLEU | test BLEU | "
+             "Δ teacher (test) | best teacher-only point | its test BLEU |", "|" + "---|" * 8]
+    for budget in budgets:
+        fits = [r for r in rows if r["fewer_than_fp32"] >= budget and r.get("valid_bleu") is not None]
+        if not fits:
+            continue
+        best = max(fits, key=lambda r: r["valid_bleu"])
+        quantized_only = [r for r in fits if r["method"].startswith("teacher")]
+        baseline = max(quantized_only, key=lambda r: r["valid_bleu"]) if quantized_only else None
+        delta = "" if teacher is None else f"{best['test_bleu'] - teacher['test_bleu']:+.2f}"
+        lines.append(
+            f"| ≥ {budget:g} | {best['name']} | {best['fewer_than_fp32']:.1f} | "
+            f"{best['valid_bleu']:.2f} | {best['test_bleu']:.2f} | {delta} | "
+            f"{baseline['name'] if baseline else 'none fits'} | "
+            f"{cell(baseline['test_bleu'] if baseline else None)} |")
+    return "\n".join(lines)
+
+
 def plot(rows: List[Dict], path: Path) -> Optional[Path]:
     """Test BLEU against embedding bytes (log) and against the whole file's MB, one colour per
     method."""
@@ -175,9 +208,11 @@ def main(argv=None):
     rows = [measure(point, recipe, args, profile, args.results, args.subsets) for point in chosen]
     out = args.results / "bytes"
     recipe.write_json(out / "bytes.json", rows)
-    (out / "bytes.md").write_text(table(rows) + "\n")
+    (out / "bytes.md").write_text(table(rows) + "\n\nBy budget (chosen on valid):\n\n"
+                                  + budget_choices(rows) + "\n")
     plot(rows, out / "bytes_frontier.png")
     print(table(rows))
+    print(budget_choices(rows))
 
 
 if __name__ == "__main__":

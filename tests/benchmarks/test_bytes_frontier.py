@@ -29,3 +29,24 @@ def test_int8_body_points_are_added_for_named_points_with_codes_only():
     added = bytes_frontier.with_int8_body(found, ["teacher_fp16", "teacher_int8"])
     assert added[2:] == [{"name": "teacher_int8_int8body", "bits": 8, "int8_body": True,
                           "method": "teacher, post-training codes, int8 body"}]
+
+
+def test_each_budget_picks_the_best_valid_point_that_fits_and_reports_its_test_score():
+    def point(name, method, fewer, valid, test):
+        return {"name": name, "method": method, "fewer_than_fp32": fewer, "valid_bleu": valid,
+                "test_bleu": test}
+
+    rows = [point("teacher_fp16", "teacher", 2.0, 38.0, 37.8),
+            point("teacher_int4", "teacher, post-training codes", 7.8, 37.6, 37.5),
+            point("teacher_int2", "teacher, post-training codes", 15.1, 33.0, 32.9),
+            # fits ≥ 8 and ≥ 25; best on valid, worse on test: test must not decide
+            point("distilled_8x_ptq_int8", "student, post-training codes", 26.3, 37.9, 37.0),
+            point("distilled_8x_fp32_factors", "student, fp32 factors", 8.0, 37.7, 37.9),
+            point("distilled_16x_ptq_int4", "student, post-training codes", 73.6, 35.1, 35.4)]
+    # the default budgets: the int4 teacher's own bytes (7.8x), then 25x, 50x and 90x
+    lines = bytes_frontier.budget_choices(rows).splitlines()
+    assert lines[2:] == [
+        "| ≥ 7.8 | distilled_8x_ptq_int8 | 26.3 | 37.90 | 37.00 | -0.80 | teacher_int4 | 37.50 |",
+        "| ≥ 25 | distilled_8x_ptq_int8 | 26.3 | 37.90 | 37.00 | -0.80 | none fits | – |",
+        "| ≥ 50 | distilled_16x_ptq_int4 | 73.6 | 35.10 | 35.40 | -2.40 | none fits | – |",
+    ]
