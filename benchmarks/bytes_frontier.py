@@ -140,9 +140,11 @@ def budget_choices(rows: List[Dict], budgets=None) -> str:
         fits = [r for r in rows if r["fewer_than_fp32"] >= budget and r.get("valid_bleu") is not None]
         if not fits:
             continue
-        best = max(fits, key=lambda r: r["valid_bleu"])
+        # a tie on valid goes to the smaller point
+        best = max(fits, key=lambda r: (r["valid_bleu"], r["fewer_than_fp32"]))
         quantized_only = [r for r in fits if r["method"].startswith("teacher")]
-        baseline = max(quantized_only, key=lambda r: r["valid_bleu"]) if quantized_only else None
+        baseline = (max(quantized_only, key=lambda r: (r["valid_bleu"], r["fewer_than_fp32"]))
+                    if quantized_only else None)
         delta = "" if teacher is None else f"{best['test_bleu'] - teacher['test_bleu']:+.2f}"
         lines.append(
             f"| ≥ {budget:g} | {best['name']} | {best['fewer_than_fp32']:.1f} | "

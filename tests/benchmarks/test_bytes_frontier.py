@@ -42,11 +42,13 @@ def test_each_budget_picks_the_best_valid_point_that_fits_and_reports_its_test_s
             # fits ≥ 8 and ≥ 25; best on valid, worse on test: test must not decide
             point("distilled_8x_ptq_int8", "student, post-training codes", 26.3, 37.9, 37.0),
             point("distilled_8x_fp32_factors", "student, fp32 factors", 8.0, 37.7, 37.9),
+            # ties with int8 on valid and is smaller: chosen at the budgets both fit
+            point("distilled_8x_ptq_int6", "student, post-training codes", 32.0, 37.9, 37.1),
             point("distilled_16x_ptq_int4", "student, post-training codes", 73.6, 35.1, 35.4)]
     # the default budgets: the int4 teacher's own bytes (7.8x), then 25x, 50x and 90x
     lines = bytes_frontier.budget_choices(rows).splitlines()
     assert lines[2:] == [
-        "| ≥ 7.8 | distilled_8x_ptq_int8 | 26.3 | 37.90 | 37.00 | -0.80 | teacher_int4 | 37.50 |",
-        "| ≥ 25 | distilled_8x_ptq_int8 | 26.3 | 37.90 | 37.00 | -0.80 | none fits | – |",
+        "| ≥ 7.8 | distilled_8x_ptq_int6 | 32.0 | 37.90 | 37.10 | -0.70 | teacher_int4 | 37.50 |",
+        "| ≥ 25 | distilled_8x_ptq_int6 | 32.0 | 37.90 | 37.10 | -0.70 | none fits | – |",
         "| ≥ 50 | distilled_16x_ptq_int4 | 73.6 | 35.10 | 35.40 | -2.40 | none fits | – |",
     ]
