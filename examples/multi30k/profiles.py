@@ -69,7 +69,7 @@ ROWS: Dict[str, Row] = {row.name: row for row in [
     # quantization-aware fine-tuning: f(U) fake-quantized to int{bits} codes, as export stores it
     *[Row(f"distilled_{ratio}x_int{bits}", f"Distilled Embedding {ratio}x, quantization-aware: "
           f"f(U) in int{bits} codes", compression=ratio, flags=("--embedding-bits", str(bits)))
-      for ratio in (8, 16, 32) for bits in (8, 4, 2)],
+      for ratio in (8, 16, 32) for bits in (8, 4, 3, 2)],
     *[Row(f"dense_{ratio}x", f"dense transformer, same total params as the {ratio}x student "
           "(narrower d), from scratch with the teacher's recipe", kind="dense", compression=ratio)
       for ratio in (4, 8, 16, 32)],
