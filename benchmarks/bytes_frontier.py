@@ -140,11 +140,8 @@ def budget_choices(rows: List[Dict], budgets=None) -> str:
         fits = [r for r in rows if r["fewer_than_fp32"] >= budget and r.get("valid_bleu") is not None]
         if not fits:
             continue
-        # a tie on valid goes to the smaller point
-        best = max(fits, key=lambda r: (r["valid_bleu"], r["fewer_than_fp32"]))
-        quantized_only = [r for r in fits if r["method"].startswith("teacher")]
-        baseline = (max(quantized_only, key=lambda r: (r["valid_bleu"], r["fewer_than_fp32"]))
-                    if quantized_only else None)
+        best = _chosen_on_valid(fits)
+        baseline = _chosen_on_valid([r for r in fits if r["method"].startswith("teacher")])
         delta = "" if teacher is None else f"{best['test_bleu'] - teacher['test_bleu']:+.2f}"
         lines.append(
             f"| ≥ {budget:g} | {best['name']} | {best['fewer_than_fp32']:.1f} | "
@@ -152,6 +149,11 @@ def budget_choices(rows: List[Dict], budgets=None) -> str:
             f"{baseline['name'] if baseline else 'none fits'} | "
             f"{cell(baseline['test_bleu'] if baseline else None)} |")
     return "\n".join(lines)
+
+
+def _chosen_on_valid(points: List[Dict]) -> Optional[Dict]:
+    """The best valid BLEU of ``points`` (None if empty); a tie goes to the smaller point."""
+    return max(points, key=lambda r: (r["valid_bleu"], r["fewer_than_fp32"]), default=None)
 
 
 def plot(rows: List[Dict], path: Path) -> Optional[Path]:

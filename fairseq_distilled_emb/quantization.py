@@ -9,9 +9,9 @@ Codes are affine per row, ``x ≈ code·scale + offset`` with ``code ∈ [0, 2^b
 offset are stored in fp16 (4 bytes a row). The offset earns its 2 bytes even for a ReLU factor f(U):
 f(U) is rarely 0 (1.5 % of the entries of the demo's 8x student, after rescaling), 84 % of its rows
 have a positive minimum, and codes over [0, max] (scale only) leave E 17x further off at int8
-(relative error 7.9 % against 0.47 %) and 13x at int4 (79 % against 6.1 %). Codes narrower than 8 bits are packed
-into bytes (two 4-bit codes a byte, ...); a row's codes start on a byte boundary, so a lookup
-unpacks only the rows it gathers.
+(relative error 7.9 % against 0.47 %) and 13x at int4 (79 % against 6.1 %). Codes narrower than
+8 bits are packed into bytes (two 4-bit codes a byte, ...); a row's codes start on a byte
+boundary, so a lookup unpacks only the rows it gathers.
 """
 
 from typing import NamedTuple

@@ -39,7 +39,7 @@ def test_each_budget_picks_the_best_valid_point_that_fits_and_reports_its_test_s
     rows = [point("teacher_fp16", "teacher", 2.0, 38.0, 37.8),
             point("teacher_int4", "teacher, post-training codes", 7.8, 37.6, 37.5),
             point("teacher_int2", "teacher, post-training codes", 15.1, 33.0, 32.9),
-            # fits ≥ 8 and ≥ 25; best on valid, worse on test: test must not decide
+            # fits ≥ 7.8 and ≥ 25; best on valid, worse on test: test must not decide
             point("distilled_8x_ptq_int8", "student, post-training codes", 26.3, 37.9, 37.0),
             point("distilled_8x_fp32_factors", "student, fp32 factors", 8.0, 37.7, 37.9),
             # ties with int8 on valid and is smaller: chosen at the budgets both fit
