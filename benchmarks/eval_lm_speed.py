@@ -11,7 +11,8 @@ rank-r student.
     python -m benchmarks.eval_lm_speed results/lm-wikitext2-cpu/data-bin \\
         results/lm-wikitext2-cpu/teacher/checkpoint_best.pt \\
         results/lm-wikitext2-cpu/rows/distilled_8x/checkpoint_best.pt \\
-        --sample-flags "--sample-break-mode none --tokens-per-sample 256 --context-window 128" \\
+        --sample-flags "--sample-break-mode none --tokens-per-sample 256 --context-window 128 \\
+                        --softmax-batch 64" \\
         --ctranslate2 teacher=results/lm-wikitext2-cpu/teacher/checkpoint_best.pt \\
                       distilled_8x=results/lm-wikitext2-cpu/rows/distilled_8x/checkpoint_best.pt
 
@@ -97,7 +98,7 @@ def main(argv=None):
     parser.add_argument("data_bin", type=Path)
     parser.add_argument("checkpoints", nargs="+", type=Path, help="teacher first, then students")
     parser.add_argument("--sample-flags", default="--sample-break-mode none "
-                        "--tokens-per-sample 256 --context-window 128",
+                        "--tokens-per-sample 256 --context-window 128 --softmax-batch 64",
                         help="fairseq-eval-lm's blocks (the recipe's corpora.eval_flags)")
     parser.add_argument("--subset", default="test")
     parser.add_argument("--max-tokens", type=int, default=8192)

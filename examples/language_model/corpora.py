@@ -71,7 +71,10 @@ def sample_flags(profile) -> List[str]:
 
 
 def eval_flags(profile) -> List[str]:
-    """fairseq-eval-lm's: the training cut, plus earlier context for each block of running text."""
+    """fairseq-eval-lm's: the training cut, plus earlier context for each block of running text,
+    normalized ``softmax_batch`` positions at a time (a student's decoder leaves its logits to
+    that step: DistilledLanguageModelDecoder)."""
+    flags = sample_flags(profile) + ["--softmax-batch", str(profile.softmax_batch)]
     if profile.corpus == "wikitext2" and profile.context_window:
-        return sample_flags(profile) + ["--context-window", str(profile.context_window)]
-    return sample_flags(profile)
+        return flags + ["--context-window", str(profile.context_window)]
+    return flags

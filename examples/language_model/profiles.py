@@ -27,6 +27,10 @@ class Profile:
     corpus: str = "multi30k"  # or "wikitext2" (examples/language_model/corpora.py)
     tokens_per_sample: int = 128
     context_window: int = 0  # fairseq-eval-lm --context-window (running text only)
+    # fairseq-eval-lm --softmax-batch: positions normalized at a time. Speed only (the scores are
+    # the same); 64 was the fastest of 64/128/256 for the wikitext2-cpu teacher and 8x student on
+    # valid (benchmarks/results/lm-wikitext2-cpu-speed/), and 2x faster than one T×V softmax
+    softmax_batch: int = 64
 
 
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",

@@ -167,7 +167,9 @@ class LabelSmoothedCrossEntropyWithDistillationCriterion(LabelSmoothedCrossEntro
         keep[:, : self.ignore_prefix_size] = False
         with torch.inference_mode():
             teacher_features = teacher(**sample["net_input"], features_only=True)[0]
-        return distillation_kl(net_output[0], keep, teacher_features,
+        # a language-model student returns hidden states (DistilledLanguageModelDecoder)
+        output_logits = getattr(model.decoder, "output_logits", lambda output: output[0])
+        return distillation_kl(output_logits(net_output), keep, teacher_features,
                                teacher.decoder.output_layer, self.kd_temperature)
 
     @classmethod

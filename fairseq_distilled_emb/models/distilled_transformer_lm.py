@@ -36,7 +36,7 @@ from fairseq_distilled_emb.models.distilled_transformer import (
     _distilled_defaults,
     log_parameter_summary,
 )
-from fairseq_distilled_emb.modules import build_compressed_embedding
+from fairseq_distilled_emb.modules import FactorizedOutputProjection, build_compressed_embedding
 from fairseq_distilled_emb.modules.int8_linear import use_int8_linears
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,41 @@ def _reject_incompatible_options(args):
         )
 
 
+class DistilledLanguageModelDecoder(DistilledTransformerDecoder):
+    """An LM decoder whose tied factorized output layer runs inside ``get_normalized_probs``.
+
+    With a tied compressed embedding, ``forward`` returns the decoder's hidden states (B×T×d) and
+    ``get_normalized_probs`` computes the V-way logits from them: fairseq's own convention for
+    adaptive softmax. Why: ``fairseq-eval-lm --softmax-batch N`` then computes logits and
+    log-softmax N positions at a time, in cache, instead of materializing a T×V logits tensor and a
+    second one for its log-softmax. At r=31 the logits cost r·(V+d) multiply-adds a token, so
+    writing and re-reading those tensors, not arithmetic, was most of the student's scoring time.
+    Everything that scores through ``get_normalized_probs`` (criteria, ``fairseq-eval-lm``,
+    sampling) is unchanged; the projection is linear and bias-free, so the sequence generator's
+    temperature (which divides ``net_output[0]``) still divides the logits. ``net_output[0]`` is
+    logits only for an untied (dense) output layer.
+    """
+
+    @property
+    def defers_output_projection(self) -> bool:
+        return isinstance(self.output_projection, FactorizedOutputProjection)
+
+    def output_layer(self, features):
+        if self.defers_output_projection:
+            return features
+        return super().output_layer(features)
+
+    def output_logits(self, net_output):
+        """The V-way logits of ``net_output`` (what ``forward`` returns)."""
+        if self.defers_output_projection:
+            return self.output_projection(net_output[0])
+        return net_output[0]
+
+    def get_normalized_probs_scriptable(self, net_output, log_probs, sample=None):
+        logits = (self.output_logits(net_output),) + tuple(net_output[1:])
+        return super().get_normalized_probs_scriptable(logits, log_probs, sample)
+
+
 @register_model("distilled_transformer_lm", dataclass=DistilledTransformerLanguageModelConfig)
 class DistilledTransformerLanguageModel(TransformerLanguageModel):
     """Transformer LM whose token embedding is factorized as E ≈ f(U)·W (Distilled Embedding).
@@ -108,7 +143,7 @@ class DistilledTransformerLanguageModel(TransformerLanguageModel):
                 "input embedding is factorized, the output projection stays a dense V×d matrix"
             )
         embed_tokens = cls.build_embedding(args, task.source_dictionary, args.decoder_input_dim)
-        decoder = DistilledTransformerDecoder(
+        decoder = DistilledLanguageModelDecoder(
             args, task.target_dictionary, embed_tokens, no_encoder_attn=True
         )
         model = cls(decoder)

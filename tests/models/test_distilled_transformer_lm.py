@@ -98,17 +98,30 @@ def test_parameter_count_is_dense_lm_minus_embedding_plus_factors(tied_lm, lm_di
 
 
 def test_logits_go_through_the_factors(tied_lm):
+    """forward returns the hidden states; get_normalized_probs projects them through the factors
+    (fairseq's adaptive-softmax convention, so fairseq-eval-lm --softmax-batch never holds T×V)."""
     _args, task, model = tied_lm
     model.eval()
     dictionary = task.source_dictionary
     tokens = torch.randint(dictionary.nspecial, len(dictionary), (2, 6),
                            generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        logits, _ = model(tokens)
+        net_output = model(tokens)
         features, _ = model.decoder.extract_features(tokens, encoder_out=None)
+        log_probs = model.get_normalized_probs(net_output, log_probs=True)
+        logits = model.decoder.output_logits(net_output)
         expected = features @ model.decoder.embed_tokens.materialize().t()
-    assert logits.shape == (2, 6, len(dictionary))
+    assert net_output[0].shape == (2, 6, 64) and torch.equal(net_output[0], features)
+    assert log_probs.shape == logits.shape == (2, 6, len(dictionary))
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(log_probs, torch.log_softmax(expected, dim=-1), rtol=1e-4,
+                               atol=1e-5)
+    # what fairseq-eval-lm --softmax-batch 4 does: normalize 4 flattened positions at a time
+    flat = net_output[0].reshape(1, -1, 64)
+    chunks = [model.get_normalized_probs((flat[:, s : s + 4],) + net_output[1:], log_probs=True)
+              for s in range(0, 12, 4)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), log_probs.reshape(1, 12, -1),
+                               rtol=0, atol=1e-6)
 
 
 def test_incremental_decoding_matches_full_forward(tied_lm):
@@ -120,9 +133,11 @@ def test_incremental_decoding_matches_full_forward(tied_lm):
     tokens = torch.randint(dictionary.nspecial, len(dictionary), (2, 5),
                            generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        full, _ = model(tokens)
+        full = model.decoder.output_logits(model(tokens))
         state = {}
-        steps = [model.decoder(tokens[:, : t + 1], incremental_state=state)[0] for t in range(5)]
+        steps = [model.decoder.output_logits(model.decoder(tokens[:, : t + 1],
+                                                           incremental_state=state))
+                 for t in range(5)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
 
 
@@ -132,6 +147,7 @@ def test_untied_model_factorizes_the_input_only_and_warns(lm_dict_dir, caplog):
     assert isinstance(model.decoder.embed_tokens, FactorizedEmbedding)
     assert isinstance(model.decoder.output_projection, nn.Linear)
     assert model.decoder.output_projection.weight.shape == (len(task.source_dictionary), 64)
+    assert not model.decoder.defers_output_projection  # an untied forward returns the logits
     assert "without --share-decoder-input-output-embed" in caplog.text
 
 

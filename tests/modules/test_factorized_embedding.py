@@ -139,6 +139,29 @@ def test_gradient_reaches_both_factors(path):
     assert torch.count_nonzero(emb.U.grad[PAD]) == 0
 
 
+def test_factors_are_kept_without_gradients_until_the_weights_change():
+    """Scoring projects chunk after chunk through the same f(U): computed once under no_grad,
+    recomputed after an optimizer step, a load and the switch to fake quantization."""
+    emb = make_embedding()
+    with torch.no_grad():
+        first = emb.factors()
+        assert emb.factors()[0] is first[0] and emb.factors()[1] is first[1]
+        codes, weight = (factor.clone() for factor in first)
+    with torch.no_grad():
+        emb.U.mul_(2.0)  # what an optimizer's in-place step does
+        assert torch.equal(emb.factors()[0], codes * 2.0)
+    emb.load_factors(emb.U.detach() * 3.0, emb.W.detach())
+    with torch.no_grad():
+        torch.testing.assert_close(emb.factors()[0], codes * 6.0, rtol=1e-6, atol=0)
+    # with gradients the pair is built anew each call, so autograd sees U and W
+    assert emb.factors()[0] is not emb.factors()[0] and emb.factors()[0].requires_grad
+    quantized = FactorizedEmbedding(VOCAB, DIM, RANK, PAD, bits=4, bits_from_update=5)
+    with torch.no_grad():
+        plain = quantized.factors()[0]
+        quantized.set_num_updates(5)
+        assert not torch.equal(quantized.factors()[0], plain)
+
+
 @pytest.mark.parametrize("activation", factorization.ACTIVATIONS)
 def test_each_activation_is_applied_to_u_only(activation):
     emb = make_embedding(activation)
