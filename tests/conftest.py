@@ -21,8 +21,6 @@ import os
 
 # Before torch starts its OpenMP pool in this process (see helpers.fairseq_env for why).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:  # helpers.TEST_THREADS
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import functools  # noqa: E402
 import gzip  # noqa: E402

@@ -24,9 +24,6 @@ SHARED_WIKITEXT2 = REPO_ROOT.parent / "shared" / "data" / "wikitext-2"
 BIN_DIR = Path(sys.executable).parent
 
 DEFAULT_TIMEOUT = 600
-#: threads per process: one each when pytest-xdist runs two or more workers on the CI's 2 cores,
-#: where two workers' processes at 2 threads each decoded ~20 % slower (fairseq-generate, measured)
-TEST_THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
 
 
 class FairseqCommandError(AssertionError):
@@ -34,18 +31,17 @@ class FairseqCommandError(AssertionError):
 
 
 def fairseq_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """The environment of every CLI run: OpenMP threads, no CUDA, unbuffered output.
+    """The environment of every CLI run: 2 OpenMP threads, no CUDA, unbuffered output.
 
     ``OMP_WAIT_POLICY=PASSIVE`` keeps idle OpenMP threads from spin-waiting: on a 2-core machine
     shared with any other busy process, spinning threads made a 3 s training run take 100 s.
-    Threads: 2, or 1 under ``make test``'s two pytest-xdist workers (:data:`TEST_THREADS`). It does
-    not change results.
+    It does not change results.
     """
     env = dict(os.environ)
     env.update(
-        OMP_NUM_THREADS=str(TEST_THREADS),
+        OMP_NUM_THREADS="2",
         OMP_WAIT_POLICY="PASSIVE",
-        MKL_NUM_THREADS=str(TEST_THREADS),
+        MKL_NUM_THREADS="2",
         CUDA_VISIBLE_DEVICES="",
         PYTHONUNBUFFERED="1",
     )
