@@ -167,10 +167,8 @@ class LabelSmoothedCrossEntropyWithDistillationCriterion(LabelSmoothedCrossEntro
         keep[:, : self.ignore_prefix_size] = False
         with torch.inference_mode():
             teacher_features = teacher(**sample["net_input"], features_only=True)[0]
-        # a language-model student returns hidden states (DistilledLanguageModelDecoder)
-        output_logits = getattr(model.decoder, "output_logits", lambda output: output[0])
-        return distillation_kl(output_logits(net_output), keep, teacher_features,
-                               teacher.decoder.output_layer, self.kd_temperature)
+        return distillation_kl(student_output_logits(model, net_output), keep, teacher_features,
+                               output_projection(teacher), self.kd_temperature)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
@@ -187,6 +185,21 @@ class LabelSmoothedCrossEntropyWithDistillationCriterion(LabelSmoothedCrossEntro
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
+
+
+def student_output_logits(model, net_output):
+    """The V-way logits of ``net_output``: a compressed language model's decoder returns hidden
+    states and projects them only when asked (DistilledLanguageModelDecoder.output_logits)."""
+    if hasattr(model.decoder, "output_logits"):
+        return model.decoder.output_logits(net_output)
+    return net_output[0]
+
+
+def output_projection(model):
+    """hidden states → V-way logits for ``model`` (a stock or a compressed teacher)."""
+    if hasattr(model.decoder, "output_logits"):
+        return lambda features: model.decoder.output_logits((features,))
+    return model.decoder.output_layer
 
 
 def distillation_kl(student_logits, keep, teacher_features, teacher_output_layer,

@@ -69,6 +69,30 @@ class CompressedEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def kept_while_decoding(self, compute: Callable[[], object]):
+        """``compute()``, computed once and reused while gradients are off (decoding projects
+        every step, ``fairseq-eval-lm --softmax-batch`` every chunk), recomputed with gradients.
+
+        The kept value is dropped whenever the module switches between training and evaluation
+        (:meth:`train`) and when any of its tensors is moved or changed in place through the
+        tensor itself. fairseq's optimizers write through ``p.data``, which moves neither the
+        pointer nor the version of a parameter, so a key alone would go stale across updates;
+        fairseq switches to ``eval()`` before every validation, which drops the value.
+        """
+        if torch.is_grad_enabled():
+            return compute()
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype)
+                    for t in (*self.parameters(), *self.buffers()))
+        kept = self.__dict__.get("_kept_while_decoding")
+        if kept is None or kept[0] != key:
+            kept = (key, compute())
+            self.__dict__["_kept_while_decoding"] = kept
+        return kept[1]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_kept_while_decoding", None)
+        return super().train(mode)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden·Eᵀ``: the decoder's tied output projection."""
         raise NotImplementedError

@@ -103,16 +103,11 @@ class FactorizedEmbedding(CompressedEmbedding):
         rescaled to one range and its rows quantized to ``bits`` (straight-through), and W
         rescaled back, exactly as :meth:`QuantizedEmbedding.from_factors` stores them.
 
-        Without gradients (decoding, scoring) the pair is kept until U, W or the quantization
-        switch change: ``fairseq-eval-lm --softmax-batch`` projects every chunk through it, and
-        recomputing f(U) per chunk cost ~9 % of a WikiText-2 student's scoring time."""
-        if torch.is_grad_enabled():
-            return self._compute_factors()
-        key = (self.U.data_ptr(), self.U._version, self.W.data_ptr(), self.W._version,
-               self.U.dtype, self.bits is not None and bool(self.fake_quantized))
-        if getattr(self, "_factors_key", None) != key:
-            self._cached_factors, self._factors_key = self._compute_factors(), key
-        return self._cached_factors
+        Without gradients (decoding, scoring) the pair is computed once
+        (:meth:`CompressedEmbedding.kept_while_decoding`): ``fairseq-eval-lm --softmax-batch``
+        projects every chunk through it, and recomputing f(U) per chunk cost ~9 % of a WikiText-2
+        student's scoring time."""
+        return self.kept_while_decoding(self._compute_factors)
 
     def _compute_factors(self):
         codes = self.activated_codes()

@@ -159,13 +159,8 @@ class TensorTrainEmbedding(CompressedEmbedding):
 
     def _output_matrix(self):
         """E: contracted on every call while gradients flow; without them (decoding looks up and
-        projects once per generated token) reused until a core changes."""
-        if torch.is_grad_enabled():
-            return self.materialize()
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if getattr(self, "_cached_key", None) != key:
-            self._cached_matrix, self._cached_key = self.materialize(), key
-        return self._cached_matrix
+        projects once per generated token) reused (CompressedEmbedding.kept_while_decoding)."""
+        return self.kept_while_decoding(self.materialize)
 
     @torch.no_grad()
     def load_matrix(self, matrix):

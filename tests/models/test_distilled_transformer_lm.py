@@ -305,3 +305,23 @@ def test_language_model_with_a_tensor_train_embedding(lm_dict_dir):
     assert isinstance(embedding, TensorTrainEmbedding)
     assert model.decoder.output_projection.embedding is embedding  # tied through the TT
     assert embedding.num_compressed_params() * 4 <= (VOCAB_WORDS + 4) * 64
+
+
+def test_distillation_gets_logits_from_a_compressed_student_and_teacher(tied_lm):
+    """The KD criterion's two projections: the student's forward output and a teacher's
+    features_only output, both hidden states for a compressed LM, become V-way logits."""
+    from fairseq_distilled_emb.criterions.label_smoothed_cross_entropy_with_distillation import (
+        output_projection, student_output_logits)
+
+    _args, task, model = tied_lm
+    model.eval()
+    dictionary = task.source_dictionary
+    tokens = torch.randint(dictionary.nspecial, len(dictionary), (2, 4),
+                           generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        features = model(tokens, features_only=True)[0]
+        expected = features @ model.decoder.embed_tokens.materialize().t()
+        torch.testing.assert_close(output_projection(model)(features), expected, rtol=1e-4,
+                                   atol=1e-5)
+        torch.testing.assert_close(student_output_logits(model, model(tokens)), expected,
+                                   rtol=1e-4, atol=1e-5)

@@ -140,15 +140,28 @@ def test_gradient_reaches_both_factors(path):
 
 
 def test_factors_are_kept_without_gradients_until_the_weights_change():
-    """Scoring projects chunk after chunk through the same f(U): computed once under no_grad,
-    recomputed after an optimizer step, a load and the switch to fake quantization."""
+    """Scoring projects chunk after chunk through the same f(U): computed once under no_grad, and
+    computed anew after a training step of fairseq's own Adam (which writes through ``p.data``:
+    neither the pointer nor the version moves, the switch to eval() for validation drops it), a
+    load, an in-place change and the switch to fake quantization."""
+    from fairseq.optim.adam import Adam
+
     emb = make_embedding()
+    emb.eval()
     with torch.no_grad():
         first = emb.factors()
         assert emb.factors()[0] is first[0] and emb.factors()[1] is first[1]
-        codes, weight = (factor.clone() for factor in first)
+        codes = first[0].clone()
+    optimizer = Adam(list(emb.parameters()), lr=0.1)
+    emb.train()
+    emb(tokens_with_padding()).pow(2).sum().backward()
+    optimizer.step()  # fairseq's Adam: p.data.addcdiv_(...)
+    emb.eval()  # what fairseq's validation does first
     with torch.no_grad():
-        emb.U.mul_(2.0)  # what an optimizer's in-place step does
+        assert not torch.equal(emb.factors()[0], codes)
+        torch.testing.assert_close(emb.factors()[0], emb.activated_codes(), rtol=0, atol=0)
+        codes = emb.factors()[0].clone()
+        emb.U.mul_(2.0)  # an in-place change through the parameter itself
         assert torch.equal(emb.factors()[0], codes * 2.0)
     emb.load_factors(emb.U.detach() * 3.0, emb.W.detach())
     with torch.no_grad():
