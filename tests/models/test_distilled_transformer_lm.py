@@ -97,14 +97,18 @@ def test_parameter_count_is_dense_lm_minus_embedding_plus_factors(tied_lm, lm_di
     assert num_params(model) == num_params(dense) - vocab * dim + rank * (vocab + dim)
 
 
+def random_tokens(task, shape, seed):
+    dictionary = task.source_dictionary
+    return torch.randint(dictionary.nspecial, len(dictionary), shape,
+                         generator=torch.Generator().manual_seed(seed))
+
+
 def test_logits_go_through_the_factors(tied_lm):
     """forward returns the hidden states; get_normalized_probs projects them through the factors
     (fairseq's adaptive-softmax convention, so fairseq-eval-lm --softmax-batch never holds T×V)."""
     _args, task, model = tied_lm
     model.eval()
-    dictionary = task.source_dictionary
-    tokens = torch.randint(dictionary.nspecial, len(dictionary), (2, 6),
-                           generator=torch.Generator().manual_seed(1))
+    tokens = random_tokens(task, (2, 6), seed=1)
     with torch.no_grad():
         net_output = model(tokens)
         features, _ = model.decoder.extract_features(tokens, encoder_out=None)
@@ -112,7 +116,7 @@ def test_logits_go_through_the_factors(tied_lm):
         logits = model.decoder.output_logits(net_output)
         expected = features @ model.decoder.embed_tokens.materialize().t()
     assert net_output[0].shape == (2, 6, 64) and torch.equal(net_output[0], features)
-    assert log_probs.shape == logits.shape == (2, 6, len(dictionary))
+    assert log_probs.shape == logits.shape == (2, 6, len(task.source_dictionary))
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(log_probs, torch.log_softmax(expected, dim=-1), rtol=1e-4,
                                atol=1e-5)
@@ -129,9 +133,7 @@ def test_incremental_decoding_matches_full_forward(tied_lm):
     values) gives the full forward pass's logits."""
     _args, task, model = tied_lm
     model.eval()
-    dictionary = task.source_dictionary
-    tokens = torch.randint(dictionary.nspecial, len(dictionary), (2, 5),
-                           generator=torch.Generator().manual_seed(2))
+    tokens = random_tokens(task, (2, 5), seed=2)
     with torch.no_grad():
         full = model.decoder.output_logits(model(tokens))
         state = {}
@@ -315,9 +317,7 @@ def test_distillation_gets_logits_from_a_compressed_student_and_teacher(tied_lm)
 
     _args, task, model = tied_lm
     model.eval()
-    dictionary = task.source_dictionary
-    tokens = torch.randint(dictionary.nspecial, len(dictionary), (2, 4),
-                           generator=torch.Generator().manual_seed(3))
+    tokens = random_tokens(task, (2, 4), seed=3)
     with torch.no_grad():
         features = model(tokens, features_only=True)[0]
         expected = features @ model.decoder.embed_tokens.materialize().t()
