@@ -63,11 +63,12 @@ def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
     return found
 
 
-def with_int8_body(found: List[Dict], names) -> List[Dict]:
-    """``found`` plus, for each point named in ``names``, the same export with ``--int8-body``
-    (the whole file in integer codes: the deployment beside CTranslate2's int8)."""
-    extra = [{**point, "name": f"{point['name']}_int8body", "int8_body": True,
-              "method": point["method"] + ", int8 body"}
+def with_variant(found: List[Dict], names, suffix: str, setting: Dict, what: str) -> List[Dict]:
+    """``found`` plus, for each code point named in ``names``, the same export with ``setting``
+    (as NAME_``suffix``): ``--int8-body`` (the whole file in integer codes, the deployment beside
+    CTranslate2's int8) or ``--embedding-scale-format log8`` (1-byte row scales)."""
+    extra = [{**point, **setting, "name": f"{point['name']}_{suffix}",
+              "method": f"{point['method']}, {what}"}
              for point in found if point["name"] in names and point["bits"]]
     return found + extra
 
@@ -83,6 +84,8 @@ def measure(point: Dict, recipe, args, profile, results: Path, subsets=("valid",
     if not exported.exists():
         bits = ["--embedding-bits", str(point["bits"])] if point["bits"] else []
         bits += ["--int8-body"] if point.get("int8_body") else []
+        if point.get("scale_format"):
+            bits += ["--embedding-scale-format", point["scale_format"]]
         recipe.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16", *bits,
                     str(point["source"]), str(exported)],
                    results / "logs" / f"bytes.{point['name']}.export.log")
@@ -197,6 +200,9 @@ def main(argv=None):
                         help="only these points (e.g. teacher_int4 distilled_8x_int4)")
     parser.add_argument("--int8-body", nargs="*", default=[],
                         help="also export these code points with --int8-body (as NAME_int8body)")
+    parser.add_argument("--log8-scales", nargs="*", default=[],
+                        help="also export these code points with 1-byte row scales, "
+                             "--embedding-scale-format log8 (as NAME_log8)")
     parser.add_argument("--subsets", nargs="+", default=["valid", "test"],
                         choices=["valid", "test"], help="what to decode (test is always one)")
     args = parser.parse_args(argv)
@@ -206,8 +212,10 @@ def main(argv=None):
     args.use_gpu, args.max_tokens, args.student_updates = False, None, None
     args.source_lang, args.target_lang = recipe.language_pair(args.results)
     profile = recipe.with_overrides(recipe.PROFILES[args.profile], args)
-    found = with_int8_body(points(args.results, args.teacher_bits, args.factor_bits),
-                           args.int8_body)
+    found = points(args.results, args.teacher_bits, args.factor_bits)
+    found = with_variant(found, args.log8_scales, "log8", {"scale_format": "log8"},
+                         "1-byte log scales")
+    found = with_variant(found, args.int8_body, "int8body", {"int8_body": True}, "int8 body")
     chosen = [point for point in found if not args.points or point["name"] in args.points]
     rows = [measure(point, recipe, args, profile, args.results, args.subsets) for point in chosen]
     out = args.results / "bytes"

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fairseq_distilled_emb import quantization
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import FactorizedEmbedding
 
 
@@ -37,6 +38,37 @@ def test_affine_codes_keep_each_row_within_half_a_step_and_zero_exact():
         assert torch.equal(rows[3], torch.zeros(30))  # the padding row of f(U) stays zero
         assert torch.equal(rows[matrix == 0], torch.zeros(int((matrix == 0).sum())))
     assert quantization.packed_row_bytes(30, 4) == 15 + 4
+
+
+def test_log8_scales_are_one_byte_never_below_the_rows_spread_and_at_most_a_sixteenth_octave_above():
+    torch.manual_seed(0)
+    matrix = torch.relu(torch.randn(60, 15)) * 10 ** (torch.rand(60, 1) * 4 - 3)
+    matrix[3] = 0.0
+    matrix[7] = 0.25  # a constant row: no spread
+    for bits in (8, 4, 3):
+        packed = quantization.quantize_rows(matrix, bits, "log8")
+        assert packed.scales.dtype == torch.uint8 and packed.offsets.dtype == torch.float16
+        assert packed.scale_unit.dtype == torch.float32 and packed.scale_unit.shape == (1,)
+        scales = quantization.stored_scales(packed)
+        spread = matrix.max(1).values - packed.offsets.float()
+        need = spread / (2 ** bits - 1)
+        varying = need > 0
+        assert torch.all(scales[varying] >= need[varying] * (1 - 1e-6))
+        assert torch.all(scales[varying] <= need[varying] * 2 ** (1 / 16) * (1 + 1e-6))
+        rows = quantization.dequantize_rows(packed, bits, 15)
+        # no code clips: every entry is within half a step of its row's stored scale
+        assert torch.all((rows - matrix).abs() <= scales[:, None] / 2 + 1e-6 * scales[:, None])
+        assert torch.equal(rows[3], torch.zeros(15))
+        assert torch.equal(rows[7], packed.offsets[7].float().expand(15))
+    assert quantization.packed_row_bytes(15, 3, "log8") == 6 + 3
+    assert quantization.packed_row_bytes(15, 3) == 6 + 4
+
+
+def test_unknown_scale_formats_are_one_clear_error():
+    with pytest.raises(DistilledEmbeddingError) as error:
+        quantization.check_scale_format("fp8")
+    assert str(error.value) == ("--embedding-scale-format fp8 is not supported: choose one of "
+                                "fp16, log8")
 
 
 def test_fake_quantization_forwards_the_codes_and_passes_the_gradient_straight_through():

@@ -30,13 +30,13 @@ from fairseq_distilled_emb.cli.project_in_out_export import FACTOR_KEYS, factors
 from fairseq_distilled_emb.cli.quantized_export import int8_body, quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
-from fairseq_distilled_emb.quantization import check_bits
+from fairseq_distilled_emb.quantization import SCALE_FORMATS, check_bits
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation",
                      "embedding_factorization", "embedding_bits", "embedding_bits_from_update",
-                     "int8_body")
+                     "embedding_scale_format", "int8_body")
 PLUGIN_TASK_SUFFIX = "_reconstruction_init"
 DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
 DISTILLATION_CRITERION_KEYS = (
@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="store the embedding as per-row B-bit integer codes (2-8): a dense "
                              "model's E (post-training quantization) or a low-rank student's "
                              "f(U), W kept fp32; decodes with --user-dir")
+    parser.add_argument("--embedding-scale-format", choices=SCALE_FORMATS,
+                        help="with --embedding-bits: each row's scale in fp16 (2 bytes) or log8 "
+                             "(1 byte, a power of two in 1/16 steps); default: what the student "
+                             "was fake-quantized with, else fp16")
     parser.add_argument("--int8-body", action="store_true",
                         help="store every Linear of the encoder/decoder layers as per-row int8 "
                              "codes, computed with PyTorch's dynamic int8 kernel on the CPU "
@@ -85,11 +89,16 @@ def run(args) -> Dict:
             "embedding; give one of them")
     if args.embedding_bits is not None:
         check_bits(args.embedding_bits)
+    elif args.embedding_scale_format is not None:
+        raise DistilledEmbeddingError(
+            f"--embedding-scale-format {args.embedding_scale_format} needs --embedding-bits B "
+            "(it is how the codes' per-row scales are stored)")
     state = load_checkpoint(args.checkpoint)
     bytes_before = args.checkpoint.stat().st_size  # before writing: the output may replace it
     before_params = count_parameters(state["model"])
     exported = export_state(state, dense=args.dense, fp16=args.fp16, bits=args.embedding_bits,
-                            int8=args.int8_body, project_in_out=args.project_in_out)
+                            int8=args.int8_body, project_in_out=args.project_in_out,
+                            scale_format=args.embedding_scale_format)
     written = save_checkpoint(exported, args.output, force=args.force)
     report = {
         "params_before": before_params,
@@ -111,7 +120,7 @@ def run(args) -> Dict:
 
 
 def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None,
-                 int8: bool = False, project_in_out: bool = False) -> dict:
+                 int8: bool = False, project_in_out: bool = False, scale_format=None) -> dict:
     """The inference-only checkpoint dict (see module doc)."""
     cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
     if cfg is None:
@@ -129,7 +138,7 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
         dense_model_config(cfg["model"])
         factor_keys = FACTOR_KEYS
     if bits is not None:
-        model = quantize_embeddings(model, cfg["model"], bits)
+        model = quantize_embeddings(model, cfg["model"], bits, scale_format)
     if int8:
         model = int8_body(model, cfg["model"])
     if fp16:

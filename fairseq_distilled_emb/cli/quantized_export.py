@@ -7,7 +7,7 @@ config then names the ``quantized`` kind, so stock ``fairseq-generate --user-dir
 :class:`QuantizedEmbedding` that keeps the codes as integers in memory.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -25,14 +25,18 @@ from fairseq_distilled_emb.quantization import RESCALABLE_ACTIVATIONS, check_bit
 TIED_OUTPUT = "decoder.output_projection"
 
 
-def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: int) -> dict:
+def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: int,
+                        scale_format: Optional[str] = None) -> dict:
     """``model`` with its (dense or low-rank) embedding stored as ``bits``-bit codes; the model
-    config is rewritten to the ``quantized`` kind of the same architecture family."""
+    config is rewritten to the ``quantized`` kind of the same architecture family. The scales are
+    stored in ``scale_format``, by default the one quantization-aware fine-tuning used (fp16
+    when there was none)."""
     check_bits(bits)
+    scale_format = scale_format or model_cfg.get("embedding_scale_format") or "fp16"
     if compressed_keys(model):
-        groups, rank = _factor_groups(model, model_cfg, bits)
+        groups, rank = _factor_groups(model, model_cfg, bits, scale_format)
     else:
-        groups, rank = _dense_groups(model, bits), None
+        groups, rank = _dense_groups(model, bits, scale_format), None
     quantized = dict(model)
     for source_keys, prefixes, module in groups:
         for key in source_keys:
@@ -40,11 +44,11 @@ def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: i
         tensors = module.state_dict()
         for prefix in prefixes:
             quantized.update({f"{prefix}.{name}": value for name, value in tensors.items()})
-    _quantized_model_config(model_cfg, bits, rank)
+    _quantized_model_config(model_cfg, bits, rank, scale_format)
     return quantized
 
 
-def _factor_groups(model, model_cfg, bits) -> Tuple[List, int]:
+def _factor_groups(model, model_cfg, bits, scale_format) -> Tuple[List, int]:
     """One QuantizedEmbedding per distinct saved factorization (shared ones once)."""
     kind, modules = saved_compressed_embeddings(model, model_cfg)
     if kind is QuantizedEmbedding:
@@ -69,13 +73,14 @@ def _factor_groups(model, model_cfg, bits) -> Tuple[List, int]:
     for tensors, prefixes in by_tensors.values():
         source = FactorizedEmbedding.from_saved(tensors, model_cfg)
         with torch.no_grad():
-            module = QuantizedEmbedding.from_factors(source.activated_codes(), source.W, bits)
+            module = QuantizedEmbedding.from_factors(source.activated_codes(), source.W, bits,
+                                                     scale_format=scale_format)
         keys = [f"{prefix}.{name}" for prefix in prefixes for name in tensors]
         groups.append((keys, prefixes, module))
     return groups, source.rank
 
 
-def _dense_groups(model, bits) -> List:
+def _dense_groups(model, bits, scale_format) -> List:
     """One QuantizedEmbedding per distinct dense token embedding; the decoder's output layer is
     quantized with it where it is tied to it (the same tensor)."""
     output = model.get(f"{TIED_OUTPUT}.weight")
@@ -93,11 +98,12 @@ def _dense_groups(model, bits) -> List:
         if output is not None and tensor_identity(output) == tensor_identity(matrix):
             keys.append(f"{TIED_OUTPUT}.weight")
             prefixes.append(f"{TIED_OUTPUT}.embedding")
-        groups.append((keys, prefixes, QuantizedEmbedding.from_dense(matrix, bits)))
+        groups.append((keys, prefixes,
+                       QuantizedEmbedding.from_dense(matrix, bits, scale_format=scale_format)))
     return groups
 
 
-def _quantized_model_config(model_cfg: dict, bits: int, rank):
+def _quantized_model_config(model_cfg: dict, bits: int, rank, scale_format: str):
     """The ``distilled_*`` architecture of the model's family, with the ``quantized`` kind."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
@@ -114,7 +120,8 @@ def _quantized_model_config(model_cfg: dict, bits: int, rank):
     set_saved_arch(model_cfg, arch)
     model_cfg.update(embedding_factorization="quantized", embedding_bits=bits,
                      embedding_rank=rank, embedding_compression=None,
-                     embedding_activation="relu", embedding_bits_from_update=0)
+                     embedding_activation="relu", embedding_bits_from_update=0,
+                     embedding_scale_format=scale_format)
 
 
 def int8_body(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:

@@ -44,6 +44,13 @@ class CompressedEmbeddingConfig(FairseqDataclass):
                           "B-bit per-row codes in the forward pass (straight-through gradient), as "
                           "export --embedding-bits B stores it; with quantized: the codes' width"},
     )
+    embedding_scale_format: Optional[str] = field(
+        default=None,
+        metadata={"help": "with --embedding-bits: how each row's scale is stored, 'fp16' (2 "
+                          "bytes, the default) or 'log8' (1 byte: a power of two in 1/16 steps; "
+                          "a quarter fewer bytes at int3, rank 15); export stores what training "
+                          "fake-quantized"},
+    )
     embedding_bits_from_update: int = field(
         default=0,
         metadata={"help": "with --embedding-bits: fake-quantize from this update on (0: the "

@@ -126,6 +126,7 @@ def _distilled_defaults(args):
     args.embedding_factorization = getattr(args, "embedding_factorization", "low-rank")
     args.embedding_bits = getattr(args, "embedding_bits", None)
     args.embedding_bits_from_update = getattr(args, "embedding_bits_from_update", 0)
+    args.embedding_scale_format = getattr(args, "embedding_scale_format", None)
     args.int8_body = getattr(args, "int8_body", False)
 
 

@@ -29,7 +29,7 @@ class FactorizedEmbedding(CompressedEmbedding):
     """
 
     def __init__(self, num_embeddings, embedding_dim, rank, padding_idx, activation="relu",
-                 bits=None, bits_from_update=0):
+                 bits=None, bits_from_update=0, scale_format="fp16"):
         super().__init__()
         factorization.validate_rank(num_embeddings, embedding_dim, rank)
         self.num_embeddings = num_embeddings
@@ -43,7 +43,7 @@ class FactorizedEmbedding(CompressedEmbedding):
         self.reset_parameters()
         # quantization-aware fine-tuning: whether f(U) is fake-quantized now is saved with the
         # factors, so a checkpoint decodes as it was validated (before or after the switch)
-        self.bits, self.bits_from_update = bits, bits_from_update
+        self.bits, self.bits_from_update, self.scale_format = bits, bits_from_update, scale_format
         if bits is not None:
             self.register_buffer("fake_quantized", torch.tensor(int(bits_from_update <= 0)))
 
@@ -55,6 +55,13 @@ class FactorizedEmbedding(CompressedEmbedding):
             getattr(args, "embedding_compression", None))
         bits = getattr(args, "embedding_bits", None)
         activation = getattr(args, "embedding_activation", None) or "relu"
+        scale_format = getattr(args, "embedding_scale_format", None)
+        if scale_format is not None and bits is None:
+            raise DistilledEmbeddingError(
+                f"--embedding-scale-format {scale_format} needs --embedding-bits (it is how the "
+                "fake-quantized rows store their scales)")
+        scale_format = scale_format or "fp16"
+        quantization.check_scale_format(scale_format)
         if bits is not None:
             quantization.check_bits(bits)
             if activation not in quantization.RESCALABLE_ACTIVATIONS:
@@ -63,7 +70,8 @@ class FactorizedEmbedding(CompressedEmbedding):
                     f"{activation}): the per-component rescaling that makes f(U) quantizable "
                     "needs f(c·u) = c·f(u)")
         return cls(num_embeddings, embedding_dim, rank, padding_idx, activation=activation,
-                   bits=bits, bits_from_update=getattr(args, "embedding_bits_from_update", 0) or 0)
+                   bits=bits, bits_from_update=getattr(args, "embedding_bits_from_update", 0) or 0,
+                   scale_format=scale_format)
 
     def set_num_updates(self, num_updates):
         """fairseq's trainer calls this after each update: fake quantization starts at
@@ -114,7 +122,7 @@ class FactorizedEmbedding(CompressedEmbedding):
         if self.bits is None or not self.fake_quantized:
             return codes, self.W
         scales = quantization.column_scales(codes)
-        return (quantization.fake_quantize_rows(codes * scales, self.bits),
+        return (quantization.fake_quantize_rows(codes * scales, self.bits, self.scale_format),
                 self.W / scales[:, None])
 
     def forward(self, tokens):
@@ -146,6 +154,8 @@ class FactorizedEmbedding(CompressedEmbedding):
 
     def size_description(self):
         quantized = "" if self.bits is None else f", f(U) fake-quantized to int{self.bits}"
+        if self.bits is not None and self.scale_format == "log8":
+            quantized += ", 1-byte log scales"
         return f"rank={self.rank}{quantized}"
 
     @classmethod
@@ -163,7 +173,8 @@ class FactorizedEmbedding(CompressedEmbedding):
         module = cls(vocab, dim, rank, None,
                      activation=config_value(model_cfg, "embedding_activation") or "relu",
                      bits=config_value(model_cfg, "embedding_bits") if "fake_quantized" in tensors
-                     else None)
+                     else None,
+                     scale_format=config_value(model_cfg, "embedding_scale_format") or "fp16")
         module.load_state_dict({key: value.float() if value.is_floating_point() else value
                                 for key, value in tensors.items()})
         return module

@@ -2,8 +2,8 @@
 
 Two sources, one module:
 
-- a dense model's E (V×d): each row of E is stored as ``bits``-bit codes with an fp16 scale and
-  offset: post-training quantization, the baseline every user can try without training;
+- a dense model's E (V×d): each row of E is stored as ``bits``-bit codes with a scale (fp16, or one
+  byte in the log8 format of :mod:`quantization`) and an fp16 offset: post-training quantization, the baseline every user can try without training;
 - a Distilled Embedding student's f(U)·W: the rows of f(U) (V×r, after the per-component rescaling
   of :func:`quantization.column_scales`) are stored as codes and W (r×d, small) stays fp32.
 
@@ -25,23 +25,29 @@ from fairseq_distilled_emb.modules.compressed_embedding import (
 )
 
 #: this kind's tensors in a saved model state (relative to the module)
-QUANTIZED_KEYS = ("codes", "code_scales", "code_offsets", "code_projection", "code_shape")
+QUANTIZED_KEYS = ("codes", "code_scales", "code_offsets", "code_scale_unit", "code_projection",
+                  "code_shape")
 
 
 @register_compressed_embedding("quantized")
 class QuantizedEmbedding(CompressedEmbedding):
     """E ≈ dequantize(codes) (dense source) or dequantize(codes)·W (low-rank source)."""
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx, bits, rank: Optional[int] = None):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx, bits, rank: Optional[int] = None,
+                 scale_format: str = "fp16"):
         super().__init__()
         quantization.check_bits(bits)
+        quantization.check_scale_format(scale_format)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx, self.bits, self.rank = padding_idx, bits, rank
-        self.width = rank or embedding_dim
+        self.width, self.scale_format = rank or embedding_dim, scale_format
         row_bytes = -(-self.width * bits // 8)
+        log_scales = scale_format == "log8"
         self.register_buffer("codes", torch.zeros(num_embeddings, row_bytes, dtype=torch.uint8))
-        self.register_buffer("code_scales", torch.ones(num_embeddings, dtype=quantization.SCALE_DTYPE))
+        self.register_buffer("code_scales", torch.ones(
+            num_embeddings, dtype=torch.uint8 if log_scales else quantization.SCALE_DTYPE))
         self.register_buffer("code_offsets", torch.zeros(num_embeddings, dtype=quantization.SCALE_DTYPE))
+        self.register_buffer("code_scale_unit", torch.ones(1) if log_scales else None)
         self.register_buffer("code_shape", torch.tensor([num_embeddings, self.width, bits]))
         self.register_buffer("code_projection",
                              torch.zeros(rank, embedding_dim) if rank else None)
@@ -55,22 +61,24 @@ class QuantizedEmbedding(CompressedEmbedding):
                 "--embedding-factorization quantized is written by fairseq-distilled-emb export "
                 "--embedding-bits; it needs --embedding-bits and cannot be trained")
         return cls(num_embeddings, embedding_dim, padding_idx, bits,
-                   rank=getattr(args, "embedding_rank", None))
+                   rank=getattr(args, "embedding_rank", None),
+                   scale_format=getattr(args, "embedding_scale_format", None) or "fp16")
 
     @classmethod
-    def from_dense(cls, matrix, bits, padding_idx=None):
+    def from_dense(cls, matrix, bits, padding_idx=None, scale_format="fp16"):
         """Post-training codes of a dense E (V×d)."""
-        module = cls(matrix.size(0), matrix.size(1), padding_idx, bits)
-        module._store(quantization.quantize_rows(matrix, bits))
+        module = cls(matrix.size(0), matrix.size(1), padding_idx, bits, scale_format=scale_format)
+        module._store(quantization.quantize_rows(matrix, bits, scale_format))
         return module
 
     @classmethod
-    def from_factors(cls, codes, weight, bits, padding_idx=None):
+    def from_factors(cls, codes, weight, bits, padding_idx=None, scale_format="fp16"):
         """Codes of a trained f(U) (V×r, activated) with W (r×d): each component rescaled to one
         range first (free under ReLU), its inverse folded into the fp32 W."""
         scales = quantization.column_scales(codes)
-        module = cls(codes.size(0), weight.size(1), padding_idx, bits, rank=codes.size(1))
-        module._store(quantization.quantize_rows(codes.float() * scales, bits))
+        module = cls(codes.size(0), weight.size(1), padding_idx, bits, rank=codes.size(1),
+                     scale_format=scale_format)
+        module._store(quantization.quantize_rows(codes.float() * scales, bits, scale_format))
         module.code_projection.copy_(weight.float() / scales[:, None])
         return module
 
@@ -79,12 +87,16 @@ class QuantizedEmbedding(CompressedEmbedding):
         self.codes.copy_(packed.codes)
         self.code_scales.copy_(packed.scales)
         self.code_offsets.copy_(packed.offsets)
+        if packed.scale_unit is not None:
+            self.code_scale_unit.copy_(packed.scale_unit)
 
     def _rows(self, index=None) -> torch.Tensor:
         """Dequantized rows of the code table (all, or those ``index`` gathers), fp32."""
-        packed = quantization.RowCodes(self.codes, self.code_scales, self.code_offsets)
+        packed = quantization.RowCodes(self.codes, self.code_scales, self.code_offsets,
+                                       self.code_scale_unit)
         if index is not None:
-            packed = quantization.RowCodes(*(tensor[index] for tensor in packed))
+            packed = packed._replace(**{name: getattr(packed, name)[index]
+                                        for name in ("codes", "scales", "offsets")})
         return quantization.dequantize_rows(packed, self.bits, self.width)
 
     def forward(self, tokens):
@@ -99,14 +111,8 @@ class QuantizedEmbedding(CompressedEmbedding):
         """hidden·Eᵀ through the table, as (hidden·Wᵀ)·f(U)ᵀ for a low-rank source."""
         if self.code_projection is not None:
             hidden = F.linear(hidden, self.code_projection)
-        return F.linear(hidden, self._table().to(hidden.dtype))
-
-    def _table(self):
-        """All dequantized rows, kept until the codes change (decoding projects every step)."""
-        key = (self.codes.data_ptr(), self.codes._version, self.code_scales._version)
-        if getattr(self, "_cached_key", None) != key:
-            self._cached_table, self._cached_key = self._rows(), key
-        return self._cached_table
+        # all dequantized rows, kept while decoding (it projects every step)
+        return F.linear(hidden, self.kept_while_decoding(self._rows).to(hidden.dtype))
 
     def materialize(self):
         table = self._rows()
@@ -118,7 +124,8 @@ class QuantizedEmbedding(CompressedEmbedding):
 
     def size_description(self):
         source = f"rank={self.rank}, f(U)" if self.rank else "E"
-        return f"{source} in int{self.bits} codes"
+        scales = ", 1-byte log scales" if self.scale_format == "log8" else ""
+        return f"{source} in int{self.bits} codes{scales}"
 
     @classmethod
     def owns_key(cls, key):
@@ -129,7 +136,8 @@ class QuantizedEmbedding(CompressedEmbedding):
         vocab, width, bits = (int(value) for value in tensors["code_shape"])
         projection = tensors.get("code_projection")
         dim = width if projection is None else projection.size(1)
-        module = cls(vocab, dim, None, bits, rank=None if projection is None else width)
+        module = cls(vocab, dim, None, bits, rank=None if projection is None else width,
+                     scale_format="log8" if "code_scale_unit" in tensors else "fp16")
         module.load_state_dict(tensors)
         return module
 

@@ -23,12 +23,17 @@ def test_table_sorts_by_stored_bytes_and_compares_test_bleu_with_the_fp16_teache
     ]
 
 
-def test_int8_body_points_are_added_for_named_points_with_codes_only():
+def test_variant_points_are_added_for_named_points_with_codes_only():
     found = [{"name": "teacher_fp16", "bits": None, "method": "teacher"},
              {"name": "teacher_int8", "bits": 8, "method": "teacher, post-training codes"}]
-    added = bytes_frontier.with_int8_body(found, ["teacher_fp16", "teacher_int8"])
+    added = bytes_frontier.with_variant(found, ["teacher_fp16", "teacher_int8"], "int8body",
+                                        {"int8_body": True}, "int8 body")
     assert added[2:] == [{"name": "teacher_int8_int8body", "bits": 8, "int8_body": True,
                           "method": "teacher, post-training codes, int8 body"}]
+    added = bytes_frontier.with_variant(found, ["teacher_int8"], "log8", {"scale_format": "log8"},
+                                        "1-byte log scales")
+    assert added[2:] == [{"name": "teacher_int8_log8", "bits": 8, "scale_format": "log8",
+                          "method": "teacher, post-training codes, 1-byte log scales"}]
 
 
 def test_each_budget_picks_the_best_valid_point_that_fits_and_reports_its_test_score():

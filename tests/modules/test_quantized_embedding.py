@@ -22,16 +22,24 @@ def _trained_like_factors(seed=0):
     return embedding
 
 
+@pytest.mark.parametrize("scale_format", quantization.SCALE_FORMATS)
 @pytest.mark.parametrize("bits", [8, 4, 3])
-def test_codes_decode_exactly_what_fake_quantization_computes(bits):
+def test_codes_decode_exactly_what_fake_quantization_computes(bits, scale_format):
     source = _trained_like_factors()
-    qat = FactorizedEmbedding(300, 64, 10, padding_idx=1, bits=bits)
+    qat = FactorizedEmbedding(300, 64, 10, padding_idx=1, bits=bits, scale_format=scale_format)
     qat.load_state_dict(source.state_dict(), strict=False)
     assert int(qat.fake_quantized) == 1  # from update 0 by default
     quantized = QuantizedEmbedding.from_factors(
-        source.activated_codes().detach(), source.W.detach(), bits, padding_idx=1)
+        source.activated_codes().detach(), source.W.detach(), bits, padding_idx=1,
+        scale_format=scale_format)
     assert quantized.codes.dtype == torch.uint8
     assert quantized.codes.shape == (300, -(-10 * bits // 8))
+    log8 = scale_format == "log8"
+    assert quantized.code_scales.dtype == (torch.uint8 if log8 else torch.float16)
+    # what a saved state reloads as: the same format, the same floats
+    reloaded = QuantizedEmbedding.from_saved(quantized.state_dict())
+    assert reloaded.scale_format == scale_format
+    assert torch.equal(reloaded.materialize(), quantized.materialize())
     assert quantized.code_projection.dtype == torch.float32
     tokens = torch.tensor([[5, 1, 299], [0, 2, 1]])
     hidden = torch.randn(2, 3, 64)
@@ -90,7 +98,25 @@ def test_the_flags_build_a_fake_quantized_student(data_bin):
     assert embedding.size_description() == f"rank={embedding.rank}, f(U) fake-quantized to int4"
 
 
+def test_the_flags_build_a_student_fake_quantized_with_log8_scales(data_bin):
+    _, _, model = build_model_from_flags(
+        data_bin, "--share-all-embeddings", "--embedding-compression", "4",
+        "--embedding-bits", "3", "--embedding-scale-format", "log8")
+    embedding = model.decoder.embed_tokens
+    assert embedding.scale_format == "log8"
+    assert embedding.size_description() == (
+        f"rank={embedding.rank}, f(U) fake-quantized to int3, 1-byte log scales")
+    codes, weight = embedding.factors()
+    expected = quantization.dequantize_rows(quantization.quantize_rows(
+        embedding.activated_codes() * quantization.column_scales(embedding.activated_codes()), 3,
+        "log8"), 3, embedding.rank)
+    # (straight-through: x + (q − x) is q up to float rounding)
+    assert torch.allclose(codes, expected, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("flags,message", [
+    (("--embedding-bits", "3", "--embedding-scale-format", "fp8"), "--embedding-scale-format fp8 "
+     "is not supported: choose one of fp16, log8"),
     (("--embedding-bits", "1"), "--embedding-bits 1 is not supported: choose one of 2, 3, 4, 5, "
      "6, 7, 8"),
     (("--embedding-bits", "4", "--embedding-activation", "gelu"), "--embedding-bits needs "
