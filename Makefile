@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 
 # the recipe tests (minutes each) first, so that the two xdist workers start on them instead of
 # meeting them last; pytest collects each file once
-SLOW_FIRST = tests/examples/test_multi30k_recipe.py tests/examples/test_multi30k_sequence_kd.py \
+SLOW_FIRST = tests/examples/test_multi30k_recipe.py \
 	tests/examples/test_multi30k_recipe_en_de.py tests/examples/test_language_model_wikitext.py \
 	tests/examples/test_language_model_recipe.py
 

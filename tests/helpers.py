@@ -5,11 +5,16 @@ Everything here is plain functions and constants; the session fixtures built on 
 ``tests/conftest.py``.
 """
 
+import contextlib
 import gzip
+import io
+import logging
 import os
 import re
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -113,6 +118,62 @@ def run_python(code: str, check: bool = True, timeout: float = 300) -> subproces
             f"python -c exited {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}"
         )
     return result
+
+
+def run_distilled_emb(*args) -> subprocess.CompletedProcess:
+    """``fairseq-distilled-emb args`` run in this process, reported as the finished process.
+
+    Starting a Python that imports torch and fairseq costs ~5 s a call; this calls the function
+    the console script calls (``fairseq_distilled_emb.cli.__main__.main``) with stdout/stderr
+    captured and with what the process would add to its stderr: log records (importing fairseq
+    leaves the root logger one stderr handler, so ``main``'s ``basicConfig`` does nothing; here
+    that handler writes to the captured stderr, pytest's come back after), warnings under Python's
+    default filters, and an uncaught exception as a traceback and exit code 1. Only import-time
+    output is missing. Keep a real subprocess where the process itself is under test: the console
+    script, a hostile pickle, the environment, the umask.
+    """
+    from fairseq_distilled_emb.cli.__main__ import main
+
+    argv = [str(a) for a in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers[:] = [logging.StreamHandler(stderr)]
+    root.handlers[0].setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                warnings.catch_warnings():
+            _python_default_warnings()
+            try:
+                returncode = main(argv)
+            except SystemExit as stop:  # argparse: usage and error already on stderr
+                returncode = 0 if stop.code is None else stop.code
+                if not isinstance(returncode, int):  # sys.exit("message"), as Python does
+                    print(returncode, file=sys.stderr)
+                    returncode = 1
+            except Exception:
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return subprocess.CompletedProcess(
+        [sys.executable, "-m", "fairseq_distilled_emb", *argv], returncode,
+        stdout.getvalue(), stderr.getvalue())
+
+
+def _python_default_warnings():
+    """Inside ``catch_warnings``: the filters of a fresh ``python`` (not pytest's), shown on
+    ``sys.stderr`` as the interpreter shows them (not recorded by pytest)."""
+    warnings.resetwarnings()
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                     ResourceWarning):
+        warnings.simplefilter("ignore", category)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
 
 
 def _text(value) -> str:

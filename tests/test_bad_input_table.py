@@ -1,12 +1,15 @@
 """Every row of the "Bad input" table (docs/bad-input.md, linked from the README), run through the
 real command.
 
-Each case runs the stock console script (``fairseq-train`` or ``fairseq-distilled-emb``) on a real
-bad input and asserts three things: the last line printed is exactly the expected ``error:`` line
-(and the only line that says "error", with no traceback); the table row's message, read as a
-pattern (``…`` = anything, ``X``/``N``/``M`` = a path or number), matches that line, so the table
-cannot drift from the code; and nothing the user had was written or changed (the save directory
-holds only the user's own file, every input file keeps its bytes, no export output appears).
+Each case runs the stock ``fairseq-train`` console script, or ``fairseq-distilled-emb``'s entry
+point in-process (``helpers.run_distilled_emb``: its output and exit code as the process reports
+them, without a 5 s interpreter start; a hostile pickle still gets a process of its own), on a
+real bad input and asserts three things: the last line printed is exactly the expected
+``error:`` line (and the only line that says "error", with no traceback); the table row's
+message, read as a pattern (``…`` = anything, ``X``/``N``/``M`` = a path or number), matches that
+line, so the table cannot drift from the code; and nothing the user had was written or changed
+(the save directory holds only the user's own file, every input file keeps its bytes, no export
+output appears).
 """
 
 import hashlib
@@ -20,7 +23,7 @@ import pytest
 import torch
 
 from helpers import PLUGIN_DIR, REPO_ROOT, combined_output, console_script, fairseq_env
-from helpers import dictionary_size, student_train_args
+from helpers import dictionary_size, run_distilled_emb, student_train_args
 
 DIM, TEACHER_LAYERS = 64, 2  # transformer_tiny, the shape of the tiny_teacher fixture
 
@@ -72,17 +75,22 @@ class Case:
             p for p in self.inputs.rglob("*") if p.is_file())]
         return digest(*files)
 
-    def watched(self, command):
+    def watched(self, run):
+        """``run()``, recording whether the inputs kept their bytes."""
         before = self.snapshot()
-        result = subprocess.run(command, capture_output=True, text=True, env=fairseq_env())
+        result = run()
         self.unchanged.append(self.snapshot() == before)
         return result
+
+    def process(self, command):
+        return self.watched(lambda: subprocess.run(command, capture_output=True, text=True,
+                                                   env=fairseq_env()))
 
     def train(self, *extra, teacher=None, base=None):
         """fairseq-train of the tiny 4x student (``base`` replaces the student's flags)."""
         teacher = self.teacher if teacher is None else teacher
         args = base or student_train_args(self.data_bin, teacher, self.save_dir, 1)
-        return self.watched([str(console_script("train")), *map(str, args), *map(str, extra)])
+        return self.process([str(console_script("train")), *map(str, args), *map(str, extra)])
 
     def train_plain(self, *flags):
         """fairseq-train of a student with stock --task translation (no teacher involved)."""
@@ -92,8 +100,12 @@ class Case:
             "--max-update", "1", "--cpu", "--save-dir", self.save_dir, *flags])
 
     def cli(self, *args):
-        """``fairseq-distilled-emb`` (as ``python -m``, the console script's entry point)."""
-        return self.watched([sys.executable, "-m", "fairseq_distilled_emb", *map(str, args)])
+        """``fairseq-distilled-emb``, in-process (the console script's ``main``)."""
+        return self.watched(lambda: run_distilled_emb(*args))
+
+    def cli_process(self, *args):
+        """``fairseq-distilled-emb`` in a process of its own (``python -m``, the same ``main``)."""
+        return self.process([sys.executable, "-m", "fairseq_distilled_emb", *map(str, args)])
 
     def file(self, name, content=b"user data"):
         path = self.inputs / name
@@ -214,15 +226,16 @@ class RunsCode:
 
 
 def hostile_file(c):
-    """The teacher, ``stats`` and ``export`` refuse a pickle that runs code, and it never runs."""
+    """The teacher, ``stats`` and ``export`` refuse a pickle that runs code, and it never runs
+    (each in a process of its own: were safe loading broken, it must not run in pytest's)."""
     marker = c.tmp / "payload-ran"
     path = c.checkpoint("hostile.pt", {"model": {"x": RunsCode(marker)}, "cfg": {}, "args": None})
     refusal = (f"{path} is not a readable fairseq checkpoint: it needs posix.system, which safe "
                "loading (weights_only) refuses; do not turn safe loading off for a file you did "
                "not make: pass a checkpoint written by fairseq-train")
     runs = [(c.train(teacher=path), TRAIN + "--teacher-path " + refusal),
-            (c.cli("stats", path), STATS + refusal),
-            (c.cli("export", path, c.out / "out.pt"), EXPORT + refusal)]
+            (c.cli_process("stats", path), STATS + refusal),
+            (c.cli_process("export", path, c.out / "out.pt"), EXPORT + refusal)]
     assert not marker.exists(), "the payload ran"
     return runs
 
@@ -263,8 +276,8 @@ def structurally_invalid(c):
 
 def quantized_twice(c):
     quantized = c.inputs / "int8.pt"
-    subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--embedding-bits",
-                    "8", str(c.teacher), str(quantized)], check=True, capture_output=True)
+    made = run_distilled_emb("export", "--embedding-bits", "8", c.teacher, quantized)
+    assert made.returncode == 0, made.stderr[-2000:]
     return c.cli("export", "--embedding-bits", "4", quantized, c.out / "out.pt"), (
         EXPORT + "--embedding-bits: this checkpoint's embedding is already quantized (int8 codes)"
         "; quantize the training checkpoint it was exported from instead")
@@ -325,6 +338,13 @@ CASES = {  # the table's input cell -> the case
             (c.train("--embedding-bits", "4", "--embedding-activation", "gelu"),
              TRAIN + "--embedding-bits needs --embedding-activation relu or linear (got gelu): "
              "the per-component rescaling that makes f(U) quantizable needs f(c·u) = c·f(u)")],
+    "`--embedding-scale-format` without `--embedding-bits` (training, `export`)": lambda c: [
+        (c.train("--embedding-scale-format", "log8"),
+         TRAIN + "--embedding-scale-format log8 needs --embedding-bits (it is how the "
+         "fake-quantized rows store their scales)"),
+        (c.cli("export", "--embedding-scale-format", "log8", c.teacher, c.out / "out.pt"),
+         EXPORT + "--embedding-scale-format log8 needs --embedding-bits B (it is how the codes' "
+         "per-row scales are stored)")],
     "`export --embedding-bits` outside 2–8": lambda c: (
         c.cli("export", "--embedding-bits", "9", c.teacher, c.out / "out.pt"),
         EXPORT + f"--embedding-bits 9 {BITS_CHOICES}"),

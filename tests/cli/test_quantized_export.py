@@ -2,8 +2,6 @@
 exactly as the fake-quantized (quantization-aware) student was trained and validated."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from helpers import (
     dictionary_size,
     hypotheses,
     loaded_model_and_batch,
+    run_distilled_emb,
     run_fairseq,
     student_train_args,
 )
@@ -24,8 +23,8 @@ PREFIXES = ("encoder.embed_tokens", "decoder.embed_tokens", "decoder.output_proj
 
 
 def export(*args):
-    return subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export", *map(str, args)],
-                          capture_output=True, text=True)
+    """``fairseq-distilled-emb export args``, in-process (the console script's ``main``)."""
+    return run_distilled_emb("export", *args)
 
 
 def generate(data_bin, path, plugin=True):
@@ -65,8 +64,7 @@ def test_int4_factors_are_stored_as_packed_bytes_and_decode_as_trained(
     # stock fairseq-generate with --user-dir decodes the codes as the fake-quantized model did
     assert generate(data_bin, out) == generate(data_bin, qat_student)
     # stats: the embedding's bytes as stored, against fp32 and fp16 E
-    stats = subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "stats", str(out)],
-                           capture_output=True, text=True).stdout
+    stats = run_distilled_emb("stats", out).stdout
     stored = vocabulary * (-(-rank // 2) + 4) + rank * 64 * 4 + 3 * 8  # + code_shape
     fp32 = vocabulary * 64 * 4
     assert re.search(r"^embedding bytes +(.+)$", stats, re.M)[1] == (
@@ -131,3 +129,36 @@ def test_int8_body_stores_every_layer_linear_as_int8_and_scores_close_to_the_flo
     assert losses[1] != losses[0] and abs(losses[1] - losses[0]) < 0.01 * losses[0]
     assert "\nH-" in run_fairseq("generate", data_bin, "--user-dir", PLUGIN_DIR, "--path",
                                  integer, *GENERATE).stdout
+
+
+def test_a_student_fake_quantized_with_log8_scales_exports_them_and_scores_as_trained(
+        data_bin, qat_student, tmp_path):
+    """1-byte row scales (``--embedding-scale-format log8``): the format the student was
+    fake-quantized with is the one export stores by default, and the file scores as it did."""
+    state = load_checkpoint(qat_student)
+    state["cfg"]["model"].embedding_scale_format = "log8"  # as if trained with the flag
+    student = tmp_path / "student-log8.pt"
+    torch.save(state, student)
+    out = tmp_path / "student-int4-log8.pt"
+    result = export("--embedding-bits", "4", student, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = load_checkpoint(out)["model"]
+    assert model["decoder.embed_tokens.code_scales"].dtype == torch.uint8
+    assert model["decoder.embed_tokens.code_scale_unit"].shape == (1,)
+    losses = []
+    for path in (student, out):
+        loaded, task, batch = loaded_model_and_batch(path)
+        assert loaded.decoder.embed_tokens.scale_format == "log8"
+        with torch.no_grad():
+            logits = loaded(**batch["net_input"])[0]
+        losses.append(torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.size(-1)), batch["target"].view(-1),
+            ignore_index=task.target_dictionary.pad(), reduction="sum"))
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=0)
+    stats = run_distilled_emb("stats", out).stdout
+    vocabulary = dictionary_size(data_bin)
+    rank = model["decoder.embed_tokens.code_projection"].shape[0]
+    stored = vocabulary * (-(-rank // 2) + 3) + rank * 64 * 4 + 4 + 3 * 8  # + unit, code_shape
+    assert re.search(r"^embedding bytes +([\d,]+) ", stats, re.M)[1] == f"{stored:,}"
+    assert re.search(r"^compressed +(.+)$", stats, re.M)[1] == (
+        f"rank={rank}, f(U) in int4 codes, 1-byte log scales")

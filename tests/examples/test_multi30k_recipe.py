@@ -1,4 +1,5 @@
-"""The Multi30k recipe script itself, CI-sized: every stage through the real commands, the table."""
+"""The Multi30k recipe script itself, CI-sized: every stage through the real commands, the table,
+resuming, and sequence-level KD from the same teacher (``--train-data both``)."""
 
 import re
 import json
@@ -21,7 +22,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
                      first.stdout + first.stderr, re.MULTILINE), first.stderr[-3000:]
 
     saved = json.loads((results / "results.json").read_text())
-    expected_rows = ["teacher", "svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x"]
+    expected_rows = ["teacher", "svd_linear_8x", "distilled_8x", "distilled_16x"]
     assert list(saved["rows"]) == expected_rows
     references = multi30k_corpus.lines("test", "en")
     for name, row in saved["rows"].items():
@@ -38,7 +39,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
         assert row["eval_seconds"] > 0 and row["train_seconds"] > 0
     rows = saved["rows"]
     assert rows["distilled_16x"]["embedding_params"] < rows["distilled_8x"]["embedding_params"] \
-        < rows["distilled_4x"]["embedding_params"] < rows["teacher"]["embedding_params"]
+        < rows["teacher"]["embedding_params"]
     assert rows["distilled_8x"]["reconstruction_error"] <= rows["distilled_8x"][
         "svd_error_rank_r_minus_1"] + 1e-4
     table = (results / "results.md").read_text()
@@ -68,3 +69,35 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     third = run_recipe(command, timeout=300)
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
     assert "loaded checkpoint" in (results / "logs" / "teacher.train.log").read_text().lower()
+
+    # sequence-level KD from the same teacher: it translates every training sentence, and a row
+    # and its same-size dense baseline train on gold + teacher output
+    check_sequence_kd(results, command)
+
+
+def check_sequence_kd(results, command):
+    seqkd = run_recipe(command + ["--train-data", "both", "--rows", "distilled_8x", "dense_8x"],
+                       timeout=900)
+    assert seqkd.returncode == 0, (seqkd.stdout + seqkd.stderr)[-3000:]
+    sources = (results / "data" / "train.spm.de").read_text(encoding="utf-8").splitlines()
+    translations = (results / "data" / "train.kd.en").read_text(encoding="utf-8").splitlines()
+    raw = (results / "data" / "train.raw.de").read_text(encoding="utf-8").splitlines()
+    assert len(sources) == len(raw) == len(translations) == 300  # the ci profile's 300 sentences
+    assert json.loads((results / "data-bin-kd" / "distill.json").read_text())["sentences"] == len(
+        sources)
+    assert all(translations)  # one non-empty hypothesis per sentence, in id order
+    # binarized with the teacher's dictionary, so the teacher's embedding rows still line up
+    for lang in ("de", "en"):
+        assert (results / "data-bin-kd" / f"dict.{lang}.txt").read_bytes() == (
+            results / "data-bin" / f"dict.{lang}.txt").read_bytes()
+    # "both": fairseq's translation task concatenates train (gold) and train1 (the teacher's)
+    log = (results / "logs" / "distilled_8x+both.train.log").read_text()
+    pattern = r"loaded ([\d,]+) examples from: \S*/train1?\.de-en\.de"
+    loaded = [int(n.replace(",", "")) for n in re.findall(pattern, log)]
+    assert loaded == [len(sources), len(sources)]
+    rows = json.loads((results / "results.json").read_text())["rows"]
+    assert list(rows) == ["teacher", "distilled_8x+both", "dense_8x+both"]
+    assert rows["distilled_8x+both"]["updates"] == 6
+    assert rows["distilled_8x+both"]["from_teacher"] and not rows["dense_8x+both"]["from_teacher"]
+    dense_log = (results / "logs" / "dense_8x+both.train.log").read_text()
+    assert "data-bin-both" in dense_log  # the same-size dense model trains on the same data

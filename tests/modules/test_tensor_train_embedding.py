@@ -1,8 +1,6 @@
 """TensorTrainEmbedding (the tensor-train baseline): interface, tying, rank choice, TT-SVD start, CLI."""
 
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,6 +20,7 @@ from helpers import (
     PLUGIN_DIR,
     build_model_from_flags,
     hypotheses,
+    run_distilled_emb,
     run_fairseq,
     student_train_args,
 )
@@ -131,16 +130,11 @@ def test_tensor_train_student_trains_from_the_teacher_and_decodes(data_bin, tiny
     assert "\nH-" in result.stdout
     # the checkpoint records V (and the padding row): stats names the shape, --dense works and
     # the stock dense model (no plugin) translates as the tensor-train student does
-    stats = subprocess.run(
-        [sys.executable, "-m", "fairseq_distilled_emb", "stats", str(save_dir / "checkpoint_last.pt")],
-        capture_output=True, text=True)
+    stats = run_distilled_emb("stats", save_dir / "checkpoint_last.pt")
     vocabulary = len(Dictionary.load(str(data_bin / "dict.en.txt")))
     assert re.search(r"^vocabulary × dim +(.+)$", stats.stdout, re.M)[1] == f"{vocabulary} × 64"
-    export = subprocess.run(
-        [sys.executable, "-m", "fairseq_distilled_emb", "export", "--dense",
-         str(save_dir / "checkpoint_last.pt"), str(tmp_path / "dense.pt")],
-        capture_output=True, text=True,
-    )
+    export = run_distilled_emb("export", "--dense", save_dir / "checkpoint_last.pt",
+                               tmp_path / "dense.pt")
     assert export.returncode == 0, export.stderr[-2000:]
     dense = run_fairseq(
         "generate", data_bin, "--path", tmp_path / "dense.pt",
@@ -158,20 +152,14 @@ def test_tensor_train_student_trains_from_the_teacher_and_decodes(data_bin, tiny
         "--required-batch-size-multiple", "1", "--max-len-b", "10",
     )
     assert hypotheses(old_decoded.stdout) == hypotheses(result.stdout)
-    old_export = subprocess.run(
-        [sys.executable, "-m", "fairseq_distilled_emb", "export", "--dense",
-         str(tmp_path / "old.pt"), str(tmp_path / "old-dense.pt")],
-        capture_output=True, text=True,
-    )
+    old_export = run_distilled_emb("export", "--dense", tmp_path / "old.pt",
+                                   tmp_path / "old-dense.pt")
     assert old_export.returncode == 2 and old_export.stderr.strip().splitlines()[-1] == (
         "fairseq-distilled-emb export: error: --dense: a tensor-train embedding cannot be made "
         "dense from its checkpoint; export it without --dense")
     assert not (tmp_path / "old-dense.pt").exists()
-    shipped = subprocess.run(
-        [sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16",
-         str(save_dir / "checkpoint_last.pt"), str(tmp_path / "shipped.pt")],
-        capture_output=True, text=True,
-    )
+    shipped = run_distilled_emb("export", "--fp16", save_dir / "checkpoint_last.pt",
+                                tmp_path / "shipped.pt")
     assert shipped.returncode == 0, shipped.stderr[-2000:]
     decoded = run_fairseq(
         "generate", data_bin, "--user-dir", PLUGIN_DIR, "--path", tmp_path / "shipped.pt",

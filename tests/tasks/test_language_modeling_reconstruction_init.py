@@ -21,6 +21,7 @@ from helpers import (
     hypotheses,
     loaded_model_and_batch,
     parse_log_stats,
+    run_distilled_emb,
     run_fairseq,
 )
 
@@ -178,14 +179,9 @@ def test_eval_lm_reports_a_finite_student_perplexity(lm_student, lm_data_bin):
 @pytest.fixture(scope="module")
 def stock_lm_export(lm_student, tmp_path_factory):
     """``export --project-in-out`` of the student: a stock transformer_lm (read by two tests)."""
-    import subprocess
-    import sys
-
     checkpoint, _log = lm_student
     stock = tmp_path_factory.mktemp("stock-lm") / "stock_lm.pt"
-    export = subprocess.run([sys.executable, "-m", "fairseq_distilled_emb", "export",
-                             "--project-in-out", str(checkpoint), str(stock)],
-                            capture_output=True, text=True)
+    export = run_distilled_emb("export", "--project-in-out", checkpoint, stock)
     assert export.returncode == 0, export.stderr[-2000:]
     return stock
 
