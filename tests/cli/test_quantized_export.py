@@ -76,15 +76,19 @@ def test_int4_factors_are_stored_as_packed_bytes_and_decode_as_trained(
 def test_the_exported_model_scores_a_batch_as_the_trained_one(data_bin, qat_student, tmp_path):
     out = tmp_path / "student-int4.pt"
     assert export("--embedding-bits", "4", qat_student, out).returncode == 0
-    losses = []
-    for path in (qat_student, out):
-        model, task, batch = loaded_model_and_batch(path)
-        with torch.no_grad():
-            logits = model(**batch["net_input"])[0]
-        losses.append(torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.size(-1)), batch["target"].view(-1),
-            ignore_index=task.target_dictionary.pad(), reduction="sum"))
-    assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=0)
+    assert torch.allclose(batch_loss(qat_student), batch_loss(out), rtol=1e-6, atol=0)
+
+
+def batch_loss(path, scale_format="fp16"):
+    """The summed cross-entropy of the first valid batch, scored by ``path`` loaded as
+    fairseq-generate loads it (its embedding's scales in ``scale_format``)."""
+    model, task, batch = loaded_model_and_batch(path)
+    assert model.decoder.embed_tokens.scale_format == scale_format
+    with torch.no_grad():
+        logits = model(**batch["net_input"])[0]
+    return torch.nn.functional.cross_entropy(
+        logits.view(-1, logits.size(-1)), batch["target"].view(-1),
+        ignore_index=task.target_dictionary.pad(), reduction="sum")
 
 
 def test_post_training_codes_of_a_dense_teacher_decode_as_their_dequantized_matrix(
@@ -145,16 +149,7 @@ def test_a_student_fake_quantized_with_log8_scales_exports_them_and_scores_as_tr
     model = load_checkpoint(out)["model"]
     assert model["decoder.embed_tokens.code_scales"].dtype == torch.uint8
     assert model["decoder.embed_tokens.code_scale_unit"].shape == (1,)
-    losses = []
-    for path in (student, out):
-        loaded, task, batch = loaded_model_and_batch(path)
-        assert loaded.decoder.embed_tokens.scale_format == "log8"
-        with torch.no_grad():
-            logits = loaded(**batch["net_input"])[0]
-        losses.append(torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.size(-1)), batch["target"].view(-1),
-            ignore_index=task.target_dictionary.pad(), reduction="sum"))
-    assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=0)
+    assert torch.allclose(batch_loss(student, "log8"), batch_loss(out, "log8"), rtol=1e-6, atol=0)
     stats = run_distilled_emb("stats", out).stdout
     vocabulary = dictionary_size(data_bin)
     rank = model["decoder.embed_tokens.code_projection"].shape[0]
