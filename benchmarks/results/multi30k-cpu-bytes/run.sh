@@ -6,10 +6,14 @@ R=results/multi30k-cpu
 B=$R/bytes
 # 1. the teacher (12 epochs) and the students, with the profile's own schedules
 python -m examples.multi30k.run --profile cpu --device cpu --results $R \
-    --data-dir ../shared/data/multi30k --rows distilled_8x distilled_8x_int3 distilled_16x
-# 2. every point by bytes: export, then decode valid (choices) and test (reported)
+    --data-dir ../shared/data/multi30k --rows distilled_8x distilled_8x_int3 distilled_16x \
+    distilled_16x_int3_log8
+# 2. every point by bytes: export, then decode valid (choices) and test (reported); the log8
+#    points store each row's scale in 1 byte (--embedding-scale-format log8)
 python -m benchmarks.bytes_frontier --results $R --profile cpu --factor-bits 8 6 4 3 2 \
-    --int8-body teacher_int8 distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_8x_int3_qat
+    --int8-body teacher_int8 distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_8x_int3_qat \
+    --log8-scales distilled_16x_ptq_int3 distilled_16x_ptq_int4 distilled_8x_ptq_int3 \
+    distilled_8x_ptq_int4 distilled_16x_ptq_int2
 # 3. the deployment anchor: CTranslate2 int8 and float32 of the same teacher
 python -m benchmarks.ctranslate2_anchor --results $R
 # 4. decode speed, side by side in one run, nothing else on the cores
