@@ -26,7 +26,7 @@ setup(
     extras_require={
         # pytest-xdist: make test runs the suite on 2 workers (conftest shares the fixtures)
         # ctranslate2: the deployment anchor (its fairseq converter and runtime), tested
-        "test": ["pytest>=7", "pytest-xdist>=3", "filelock", "tensorly-torch==0.5.0",
+        "test": ["pytest>=7", "pytest-xdist>=3.8", "filelock", "tensorly-torch==0.5.0",
                  "tensorly>=0.8", "ctranslate2>=4.5,<5"],
         "benchmark": ["matplotlib>=3.5"],
         # the tensor-train embedding baseline (--embedding-factorization tensor-train)
