@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # -n 2: two pytest-xdist workers (tests spend much of their time in single-threaded fairseq
 # start-up and decoding); --dist loadfile keeps a file's module fixtures on one worker;
-# --no-loadscope-reorder keeps the order below (xdist otherwise starts with the files that hold
-# the most tests, and the single-test recipe files, minutes each, came last)
+# --no-loadscope-reorder keeps the order below (pytest-xdist otherwise starts with the files
+# that hold the most tests; measured on a fresh clone the wall time was the same either way,
+# 696 s against 706 s)
 PYTEST_ARGS ?= -ra --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup test demo benchmark benchmark-cpu clean
