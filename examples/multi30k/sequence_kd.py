@@ -14,7 +14,7 @@ from fairseq_distilled_emb import evaluation
 
 def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
                           teacher: Path) -> Path:
-    """Sequence-level KD [C] (Kim & Rush 2016): the teacher's beam-5 translation of every training
+    """Sequence-level KD [C] (Kim & Rush 2016): the teacher's beam-search translation (the profile's beam) of every training
     source sentence, aligned by id (the count is checked), binarized with the teacher's dictionary.
     Returns the data-bin whose ``train`` split is the teacher's output (valid/test stay gold)."""
     kd_bin = results / "data-bin-kd"
@@ -25,7 +25,7 @@ def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
     sources = (work / f"train.spm.{source}").read_text(encoding="utf-8").splitlines()
     started = time.perf_counter()
     output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
-                  "--path", str(teacher), "--gen-subset", "train", "--beam", "5",
+                  "--path", str(teacher), "--gen-subset", "train", "--beam", str(profile.beam),
                   "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
                   "--max-len-a", "1.2", "--max-len-b", "10"] + device_flags(args.use_gpu, False),
                  results / "logs" / "teacher.train.generate.log")

@@ -44,6 +44,8 @@ class Profile:
     student_train: List[str]
     rows: List[str]
     eval_batch_size: int = 128
+    #: fairseq-generate's --beam for the test/valid BLEU and sequence-level KD
+    beam: int = 5
     max_tokens: int = 4096
     notes: str = ""
     #: a teacher trained by this recipe and shipped with it (fp16 export, its sentencepiece model
@@ -251,7 +253,8 @@ def start_figures(figures: Dict) -> Dict:
 
 def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
              profile: Profile, name: str, subset: str = "test") -> Dict:
-    """fairseq-generate --beam 5 on ``subset``, sentencepiece-decoded, sacreBLEU vs raw references."""
+    """fairseq-generate (the profile's beam) on ``subset``, sentencepiece-decoded, sacreBLEU against
+    the raw references."""
     done = out_dir / ("eval.json" if subset == "test" else f"eval.{subset}.json")
     if done.exists():
         return json.loads(done.read_text())
@@ -260,7 +263,7 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
         encoding="utf-8").splitlines()
     started = time.perf_counter()
     output = run([fairseq_tool("generate"), str(data_bin), "--user-dir", str(PLUGIN),
-                  "--path", str(checkpoint), "--gen-subset", subset, "--beam", "5",
+                  "--path", str(checkpoint), "--gen-subset", subset, "--beam", str(profile.beam),
                   "--batch-size", str(profile.eval_batch_size), "--required-batch-size-multiple", "1",
                   "--remove-bpe", "sentencepiece",
                   "--max-len-a", "1.2", "--max-len-b", "10"]

@@ -22,7 +22,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
                      first.stdout + first.stderr, re.MULTILINE), first.stderr[-3000:]
 
     saved = json.loads((results / "results.json").read_text())
-    expected_rows = ["teacher", "svd_linear_8x", "distilled_8x", "distilled_16x"]
+    expected_rows = ["teacher", "svd_linear_8x", "distilled_8x"]
     assert list(saved["rows"]) == expected_rows
     references = multi30k_corpus.lines("test", "en")
     for name, row in saved["rows"].items():
@@ -38,8 +38,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
         assert 0 < row["exported_bytes"] < row["checkpoint_bytes"]
         assert row["eval_seconds"] > 0 and row["train_seconds"] > 0
     rows = saved["rows"]
-    assert rows["distilled_16x"]["embedding_params"] < rows["distilled_8x"]["embedding_params"] \
-        < rows["teacher"]["embedding_params"]
+    assert rows["distilled_8x"]["embedding_params"] < rows["teacher"]["embedding_params"] / 7
     assert rows["distilled_8x"]["reconstruction_error"] <= rows["distilled_8x"][
         "svd_error_rank_r_minus_1"] + 1e-4
     table = (results / "results.md").read_text()
