@@ -86,6 +86,10 @@ def measure(point: Dict, recipe, args, profile, results: Path, subsets=("valid",
         bits += ["--int8-body"] if point.get("int8_body") else []
         if point.get("scale_format"):
             bits += ["--embedding-scale-format", point["scale_format"]]
+        bits += ["--embedding-w-fp16"] if point.get("w_fp16") else []
+        if point.get("tail_bits"):
+            bits += ["--embedding-tail-bits", str(point["tail_bits"]),
+                     "--embedding-head-rows", str(point["head_rows"])]
         recipe.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16", *bits,
                     str(point["source"]), str(exported)],
                    results / "logs" / f"bytes.{point['name']}.export.log")
@@ -203,6 +207,12 @@ def main(argv=None):
     parser.add_argument("--log8-scales", nargs="*", default=[],
                         help="also export these code points with 1-byte row scales, "
                              "--embedding-scale-format log8 (as NAME_log8)")
+    parser.add_argument("--w-fp16", nargs="*", default=[],
+                        help="also export these code points with W in fp16, --embedding-w-fp16 "
+                             "(as NAME_w16)")
+    parser.add_argument("--tail-bits", nargs="*", default=[], metavar="NAME:T:K",
+                        help="also export code point NAME with the rows from K on in T-bit codes, "
+                             "--embedding-tail-bits T --embedding-head-rows K (as NAME_hKtT)")
     parser.add_argument("--subsets", nargs="+", default=["valid", "test"],
                         choices=["valid", "test"], help="what to decode (test is always one)")
     args = parser.parse_args(argv)
@@ -215,6 +225,12 @@ def main(argv=None):
     found = points(args.results, args.teacher_bits, args.factor_bits)
     found = with_variant(found, args.log8_scales, "log8", {"scale_format": "log8"},
                          "1-byte log scales")
+    found = with_variant(found, args.w_fp16, "w16", {"w_fp16": True}, "fp16 W")
+    for spec in args.tail_bits:
+        name, tail, head = spec.split(":")
+        found = with_variant(found, [name], f"h{head}t{tail}",
+                             {"tail_bits": int(tail), "head_rows": int(head)},
+                             f"rows from {head} in int{tail}")
     found = with_variant(found, args.int8_body, "int8body", {"int8_body": True}, "int8 body")
     chosen = [point for point in found if not args.points or point["name"] in args.points]
     rows = [measure(point, recipe, args, profile, args.results, args.subsets) for point in chosen]

@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation",
                      "embedding_factorization", "embedding_bits", "embedding_bits_from_update",
-                     "embedding_scale_format", "int8_body")
+                     "embedding_scale_format", "embedding_tail_bits", "embedding_head_rows",
+                     "int8_body")
 PLUGIN_TASK_SUFFIX = "_reconstruction_init"
 DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
 DISTILLATION_CRITERION_KEYS = (
@@ -63,6 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="with --embedding-bits: each row's scale in fp16 (2 bytes) or log8 "
                              "(1 byte, a power of two in 1/16 steps); default: what the student "
                              "was fake-quantized with, else fp16")
+    parser.add_argument("--embedding-tail-bits", type=int, metavar="T",
+                        help="with --embedding-bits B and --embedding-head-rows K: rows K and on "
+                             "(fairseq sorts its dictionaries by frequency: the rarest words) get "
+                             "T-bit codes (T < B), the first K keep B")
+    parser.add_argument("--embedding-head-rows", type=int, metavar="K",
+                        help="with --embedding-tail-bits: how many rows (the most frequent words) "
+                             "keep --embedding-bits")
+    parser.add_argument("--embedding-w-fp16", action="store_true",
+                        help="with --embedding-bits on a low-rank student: store W (r×d) in fp16, "
+                             "half its bytes; f(U)·W cancels, so W's rounding costs more than "
+                             "its share: choose on valid")
     parser.add_argument("--int8-body", action="store_true",
                         help="store every Linear of the encoder/decoder layers as per-row int8 "
                              "codes, computed with PyTorch's dynamic int8 kernel on the CPU "
@@ -89,16 +101,24 @@ def run(args) -> Dict:
             "embedding; give one of them")
     if args.embedding_bits is not None:
         check_bits(args.embedding_bits)
-    elif args.embedding_scale_format is not None:
-        raise DistilledEmbeddingError(
-            f"--embedding-scale-format {args.embedding_scale_format} needs --embedding-bits B "
-            "(it is how the codes' per-row scales are stored)")
+    else:
+        for flag, value, what in (
+                ("--embedding-scale-format", args.embedding_scale_format,
+                 "it is how the codes' per-row scales are stored"),
+                ("--embedding-tail-bits", args.embedding_tail_bits, "the tail's code width"),
+                ("--embedding-head-rows", args.embedding_head_rows, "the rows kept at B bits"),
+                ("--embedding-w-fp16", args.embedding_w_fp16 or None, "W beside the codes")):
+            if value is not None:
+                shown = f"{flag} {value}" if value is not True else flag
+                raise DistilledEmbeddingError(f"{shown} needs --embedding-bits B ({what})")
     state = load_checkpoint(args.checkpoint)
     bytes_before = args.checkpoint.stat().st_size  # before writing: the output may replace it
     before_params = count_parameters(state["model"])
     exported = export_state(state, dense=args.dense, fp16=args.fp16, bits=args.embedding_bits,
                             int8=args.int8_body, project_in_out=args.project_in_out,
-                            scale_format=args.embedding_scale_format)
+                            scale_format=args.embedding_scale_format,
+                            bands=(args.embedding_tail_bits, args.embedding_head_rows),
+                            w_fp16=args.embedding_w_fp16)
     written = save_checkpoint(exported, args.output, force=args.force)
     report = {
         "params_before": before_params,
@@ -120,7 +140,8 @@ def run(args) -> Dict:
 
 
 def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None,
-                 int8: bool = False, project_in_out: bool = False, scale_format=None) -> dict:
+                 int8: bool = False, project_in_out: bool = False, scale_format=None,
+                 bands=(None, None), w_fp16: bool = False) -> dict:
     """The inference-only checkpoint dict (see module doc)."""
     cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
     if cfg is None:
@@ -138,7 +159,7 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
         dense_model_config(cfg["model"])
         factor_keys = FACTOR_KEYS
     if bits is not None:
-        model = quantize_embeddings(model, cfg["model"], bits, scale_format)
+        model = quantize_embeddings(model, cfg["model"], bits, scale_format, bands, w_fp16)
     if int8:
         model = int8_body(model, cfg["model"])
     if fp16:

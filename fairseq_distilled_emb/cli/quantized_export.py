@@ -26,29 +26,37 @@ TIED_OUTPUT = "decoder.output_projection"
 
 
 def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: int,
-                        scale_format: Optional[str] = None) -> dict:
+                        scale_format: Optional[str] = None, bands=(None, None),
+                        w_fp16: bool = False) -> dict:
     """``model`` with its (dense or low-rank) embedding stored as ``bits``-bit codes; the model
     config is rewritten to the ``quantized`` kind of the same architecture family. The scales are
     stored in ``scale_format``, by default the one quantization-aware fine-tuning used (fp16
-    when there was none)."""
+    when there was none). ``bands`` = (tail bits, head rows): the rows from the head's end on in
+    narrower codes (see :mod:`..modules.quantized_embedding`); ``w_fp16``: W stored in fp16."""
     check_bits(bits)
     scale_format = scale_format or model_cfg.get("embedding_scale_format") or "fp16"
+    options = {"scale_format": scale_format, "tail_bits": bands[0], "head_rows": bands[1]}
     if compressed_keys(model):
-        groups, rank = _factor_groups(model, model_cfg, bits, scale_format)
+        groups, rank = _factor_groups(model, model_cfg, bits, options)
     else:
-        groups, rank = _dense_groups(model, bits, scale_format), None
+        if w_fp16:
+            raise DistilledEmbeddingError(
+                "--embedding-w-fp16: this checkpoint's embedding is dense (no W); drop the flag")
+        groups, rank = _dense_groups(model, bits, options), None
     quantized = dict(model)
     for source_keys, prefixes, module in groups:
         for key in source_keys:
             quantized.pop(key)
         tensors = module.state_dict()
+        if w_fp16:
+            tensors["code_projection"] = tensors["code_projection"].half()
         for prefix in prefixes:
             quantized.update({f"{prefix}.{name}": value for name, value in tensors.items()})
-    _quantized_model_config(model_cfg, bits, rank, scale_format)
+    _quantized_model_config(model_cfg, bits, rank, options)
     return quantized
 
 
-def _factor_groups(model, model_cfg, bits, scale_format) -> Tuple[List, int]:
+def _factor_groups(model, model_cfg, bits, options) -> Tuple[List, int]:
     """One QuantizedEmbedding per distinct saved factorization (shared ones once)."""
     kind, modules = saved_compressed_embeddings(model, model_cfg)
     if kind is QuantizedEmbedding:
@@ -74,13 +82,13 @@ def _factor_groups(model, model_cfg, bits, scale_format) -> Tuple[List, int]:
         source = FactorizedEmbedding.from_saved(tensors, model_cfg)
         with torch.no_grad():
             module = QuantizedEmbedding.from_factors(source.activated_codes(), source.W, bits,
-                                                     scale_format=scale_format)
+                                                     **options)
         keys = [f"{prefix}.{name}" for prefix in prefixes for name in tensors]
         groups.append((keys, prefixes, module))
     return groups, source.rank
 
 
-def _dense_groups(model, bits, scale_format) -> List:
+def _dense_groups(model, bits, options) -> List:
     """One QuantizedEmbedding per distinct dense token embedding; the decoder's output layer is
     quantized with it where it is tied to it (the same tensor)."""
     output = model.get(f"{TIED_OUTPUT}.weight")
@@ -99,11 +107,11 @@ def _dense_groups(model, bits, scale_format) -> List:
             keys.append(f"{TIED_OUTPUT}.weight")
             prefixes.append(f"{TIED_OUTPUT}.embedding")
         groups.append((keys, prefixes,
-                       QuantizedEmbedding.from_dense(matrix, bits, scale_format=scale_format)))
+                       QuantizedEmbedding.from_dense(matrix, bits, **options)))
     return groups
 
 
-def _quantized_model_config(model_cfg: dict, bits: int, rank, scale_format: str):
+def _quantized_model_config(model_cfg: dict, bits: int, rank, options: dict):
     """The ``distilled_*`` architecture of the model's family, with the ``quantized`` kind."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
@@ -121,7 +129,9 @@ def _quantized_model_config(model_cfg: dict, bits: int, rank, scale_format: str)
     model_cfg.update(embedding_factorization="quantized", embedding_bits=bits,
                      embedding_rank=rank, embedding_compression=None,
                      embedding_activation="relu", embedding_bits_from_update=0,
-                     embedding_scale_format=scale_format)
+                     embedding_scale_format=options["scale_format"],
+                     embedding_tail_bits=options["tail_bits"],
+                     embedding_head_rows=options["head_rows"])
 
 
 def int8_body(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:

@@ -56,6 +56,17 @@ class CompressedEmbeddingConfig(FairseqDataclass):
         metadata={"help": "with --embedding-bits: fake-quantize from this update on (0: the "
                           "whole fine-tuning; N: only the updates after the first N)"},
     )
+    embedding_tail_bits: Optional[int] = field(
+        default=None,
+        metadata={"help": "set by fairseq-distilled-emb export --embedding-tail-bits T: the rows "
+                          "from --embedding-head-rows on (the rarest words) are T-bit codes "
+                          "(decoding only)"},
+    )
+    embedding_head_rows: Optional[int] = field(
+        default=None,
+        metadata={"help": "set by fairseq-distilled-emb export --embedding-head-rows K: the first "
+                          "K rows keep --embedding-bits (decoding only)"},
+    )
     int8_body: bool = field(
         default=False,
         metadata={"help": "set by fairseq-distilled-emb export --int8-body: the encoder/decoder "

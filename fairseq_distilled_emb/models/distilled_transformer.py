@@ -127,6 +127,8 @@ def _distilled_defaults(args):
     args.embedding_bits = getattr(args, "embedding_bits", None)
     args.embedding_bits_from_update = getattr(args, "embedding_bits_from_update", 0)
     args.embedding_scale_format = getattr(args, "embedding_scale_format", None)
+    args.embedding_tail_bits = getattr(args, "embedding_tail_bits", None)
+    args.embedding_head_rows = getattr(args, "embedding_head_rows", None)
     args.int8_body = getattr(args, "int8_body", False)
 
 

@@ -157,3 +157,58 @@ def test_a_student_fake_quantized_with_log8_scales_exports_them_and_scores_as_tr
     assert re.search(r"^embedding bytes +([\d,]+) ", stats, re.M)[1] == f"{stored:,}"
     assert re.search(r"^compressed +(.+)$", stats, re.M)[1] == (
         f"rank={rank}, f(U) in int4 codes, 1-byte log scales")
+
+
+def test_two_code_widths_and_fp16_w_are_stored_as_such_and_decode_as_their_matrix(
+        data_bin, qat_student, tmp_path):
+    """``--embedding-tail-bits 2 --embedding-head-rows K --embedding-w-fp16``: the first K rows
+    (fairseq's most frequent words) in int4, the rest in int2, W in fp16; stock fairseq-generate
+    decodes the file exactly as the dense matrix those numbers stand for."""
+    vocabulary = dictionary_size(data_bin)
+    head = vocabulary // 3
+    out, dense = tmp_path / "student-int4-int2.pt", tmp_path / "student-int4-int2-dense.pt"
+    result = export("--embedding-bits", "4", "--embedding-tail-bits", "2", "--embedding-head-rows",
+                    head, "--embedding-w-fp16", qat_student, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = load_checkpoint(out)["model"]
+    rank = model["decoder.embed_tokens.code_projection"].shape[0]
+    assert model["decoder.embed_tokens.codes"].shape == (head, -(-rank * 4 // 8))
+    assert model["decoder.embed_tokens.tail_codes"].shape == (vocabulary - head, -(-rank * 2 // 8))
+    assert model["decoder.embed_tokens.tail_codes"].dtype == torch.uint8
+    assert model["decoder.embed_tokens.code_projection"].dtype == torch.float16
+    stats = run_distilled_emb("stats", out).stdout
+    stored = (head * -(-rank * 4 // 8) + (vocabulary - head) * -(-rank * 2 // 8)
+              + vocabulary * 4 + rank * 64 * 2 + 3 * 8 + 2 * 8)  # + code_shape, tail_shape
+    assert re.search(r"^embedding bytes +([\d,]+) ", stats, re.M)[1] == f"{stored:,}"
+    assert re.search(r"^compressed +(.+)$", stats, re.M)[1] == (
+        f"rank={rank}, f(U) in int4 codes (rows from {head}: int2)")
+    assert export("--dense", out, dense).returncode == 0
+    assert generate(data_bin, out) == generate(data_bin, dense, plugin=False)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--embedding-tail-bits", "3"), "--embedding-tail-bits 3 needs --embedding-bits B (the "
+     "tail's code width)"),
+    (("--embedding-w-fp16",), "--embedding-w-fp16 needs --embedding-bits B (W beside the codes)"),
+    (("--embedding-bits", "4", "--embedding-tail-bits", "3"), "--embedding-tail-bits and "
+     "--embedding-head-rows go together: the first K rows keep --embedding-bits, the rest get "
+     "the tail's width"),
+    (("--embedding-bits", "3", "--embedding-tail-bits", "3", "--embedding-head-rows", "10"),
+     "--embedding-tail-bits 3 must be below --embedding-bits 3 (the tail holds the rarest words)"),
+])
+def test_a_bad_code_split_is_one_error_line_and_writes_nothing(qat_student, tmp_path, flags,
+                                                               message):
+    out = tmp_path / "never.pt"
+    result = export(*flags, qat_student, out)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"fairseq-distilled-emb export: error: {message}"]
+    assert not out.exists()
+
+
+def test_w_fp16_needs_a_low_rank_embedding(tiny_teacher, tmp_path):
+    out = tmp_path / "never.pt"
+    result = export("--embedding-bits", "4", "--embedding-w-fp16", tiny_teacher.best, out)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "fairseq-distilled-emb export: error: --embedding-w-fp16: this checkpoint's embedding is "
+        "dense (no W); drop the flag"]
+    assert not out.exists()

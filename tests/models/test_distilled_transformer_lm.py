@@ -293,8 +293,8 @@ def test_translation_and_language_model_take_the_same_embedding_flags(lm_dict_di
                                          "language_modeling")
     assert sorted(translation) == sorted(language_model) == [
         "--embedding-activation", "--embedding-bits", "--embedding-bits-from-update",
-        "--embedding-compression", "--embedding-factorization", "--embedding-rank",
-        "--embedding-scale-format", "--int8-body"]
+        "--embedding-compression", "--embedding-factorization", "--embedding-head-rows",
+        "--embedding-rank", "--embedding-scale-format", "--embedding-tail-bits", "--int8-body"]
     assert translation == language_model  # the same help, written once
 
 

@@ -62,6 +62,63 @@ def test_lookup_gathers_rows_of_the_same_table_the_logits_use():
     assert 0.02 < relative < 0.15  # int4: a few per cent, not exact
 
 
+@pytest.mark.parametrize("scale_format", quantization.SCALE_FORMATS)
+def test_two_bands_store_head_and_tail_rows_at_their_own_widths(scale_format):
+    """``--embedding-tail-bits 3 --embedding-head-rows 120``: rows 0-119 in int4, 120-299 in int3,
+    each band exactly the one-width codes of its rows; lookups and logits use the same table."""
+    source = _trained_like_factors()
+    codes, weight = source.activated_codes().detach(), source.W.detach()
+    mixed = QuantizedEmbedding.from_factors(codes, weight, 4, padding_idx=1,
+                                            scale_format=scale_format, tail_bits=3, head_rows=120)
+    assert (mixed.codes.shape, mixed.tail_codes.shape) == ((120, 5), (180, 4))  # ⌈10·4/8⌉, ⌈10·3/8⌉
+    assert mixed.codes.dtype == mixed.tail_codes.dtype == torch.uint8
+    assert mixed.tail_shape.tolist() == [120, 3]
+    int4, int3 = (QuantizedEmbedding.from_factors(codes, weight, bits, scale_format=scale_format)
+                  for bits in (4, 3))
+    rescaled = codes * quantization.column_scales(codes)
+    head_only = QuantizedEmbedding.from_factors(codes[:120], weight, 4, scale_format=scale_format)
+    tail_only = QuantizedEmbedding.from_factors(codes[120:], weight, 3, scale_format=scale_format)
+    # the bands quantize their own rows (the column rescaling is the whole table's)
+    assert torch.equal(mixed._rows()[:120], quantization.dequantize_rows(quantization.quantize_rows(
+        rescaled[:120], 4, scale_format), 4, 10))
+    assert torch.equal(mixed._rows()[120:], quantization.dequantize_rows(quantization.quantize_rows(
+        rescaled[120:], 3, scale_format), 3, 10))
+    assert head_only.codes.shape == (120, 5) and tail_only.codes.shape == (180, 4)
+    tokens = torch.tensor([[5, 1, 299], [119, 120, 0]])
+    table = mixed.materialize()
+    # the gathered rows are the table's, each from its band (the row-wise matmul may round apart)
+    assert torch.equal(mixed._rows(tokens[1]), mixed._rows()[[119, 120, 0]])
+    assert torch.allclose(mixed(tokens)[1], table[[119, 120, 0]], rtol=1e-5, atol=1e-6)
+    assert torch.equal(mixed(tokens)[0, 1], torch.zeros(64))  # padding
+    hidden = torch.randn(2, 3, 64)
+    assert torch.allclose(mixed.logits(hidden), hidden @ table.t(), rtol=1e-5, atol=1e-5)
+    reloaded = QuantizedEmbedding.from_saved(mixed.state_dict())
+    assert (reloaded.head_rows, reloaded.tail_bits) == (120, 3)
+    assert torch.equal(reloaded.materialize(), table)
+    assert reloaded.size_description() == "rank=10, f(U) in int4 codes (rows from 120: int3)" + (
+        ", 1-byte log scales" if scale_format == "log8" else "")
+    # between one width and the other, row for row
+    exact = codes @ weight
+    error = [((m.materialize() - exact)[rows].norm() / exact[rows].norm()).item()
+             for m, rows in ((int4, slice(0, 120)), (mixed, slice(0, 120)), (int3, slice(120, None)),
+                             (mixed, slice(120, None)))]
+    assert error[1] < error[2] and abs(error[3] - error[2]) < 0.2 * error[2]
+
+
+@pytest.mark.parametrize("tail_bits,head_rows,message", [
+    (3, None, "--embedding-tail-bits and --embedding-head-rows go together: the first K rows keep "
+     "--embedding-bits, the rest get the tail's width"),
+    (4, 100, "--embedding-tail-bits 4 must be below --embedding-bits 4 (the tail holds the "
+     "rarest words)"),
+    (1, 100, "--embedding-tail-bits 1 is not supported: choose one of 2, 3, 4, 5, 6, 7, 8"),
+    (3, 300, "--embedding-head-rows 300 must be between 1 and 299 (the dictionary has 300 rows)"),
+])
+def test_a_bad_band_split_is_one_clear_error(tail_bits, head_rows, message):
+    with pytest.raises(DistilledEmbeddingError) as error:
+        QuantizedEmbedding(300, 64, 1, 4, rank=10, tail_bits=tail_bits, head_rows=head_rows)
+    assert str(error.value) == message
+
+
 def test_rescaled_factor_codes_keep_e_far_closer_than_naive_codes():
     """The issue's probe: naive per-row codes of f(U) lose the cancellation in f(U)·W; the
     per-component rescaling keeps it."""
@@ -119,6 +176,9 @@ def test_the_flags_build_a_student_fake_quantized_with_log8_scales(data_bin):
      "is not supported: choose one of fp16, log8"),
     (("--embedding-bits", "1"), "--embedding-bits 1 is not supported: choose one of 2, 3, 4, 5, "
      "6, 7, 8"),
+    (("--embedding-bits", "4", "--embedding-tail-bits", "3"), "--embedding-tail-bits is written "
+     "by fairseq-distilled-emb export (two code widths, post-training); fine-tune with "
+     "--embedding-bits only"),
     (("--embedding-bits", "4", "--embedding-activation", "gelu"), "--embedding-bits needs "
      "--embedding-activation relu or linear (got gelu): the per-component rescaling that makes "
      "f(U) quantizable needs f(c·u) = c·f(u)"),
