@@ -13,7 +13,10 @@ python -m examples.multi30k.run --profile cpu --device cpu --results $R \
 python -m benchmarks.bytes_frontier --results $R --profile cpu --factor-bits 8 6 4 3 2 \
     --int8-body teacher_int8 distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_8x_int3_qat \
     --log8-scales distilled_16x_ptq_int3 distilled_16x_ptq_int4 distilled_8x_ptq_int3 \
-    distilled_8x_ptq_int4 distilled_16x_ptq_int2
+    distilled_8x_ptq_int4 distilled_16x_ptq_int2 \
+    --w-fp16 distilled_16x_ptq_int4_log8 distilled_16x_ptq_int3_log8 \
+    --tail-bits distilled_16x_ptq_int4_log8_w16:3:5650
+# (5650: the most int4 rows that fit 90x fewer bytes than fp32 E, 91,113 bytes, with fp16 W)
 # 3. the deployment anchor: CTranslate2 int8 and float32 of the same teacher
 python -m benchmarks.ctranslate2_anchor --results $R
 # 4. decode speed, side by side in one run, nothing else on the cores
