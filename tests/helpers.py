@@ -353,3 +353,15 @@ def raw_multi30k_dir(corpus, directory):
             with gzip.open(directory / f"{name}.{lang}.gz", "wt", encoding="utf-8") as handle:
                 handle.write("\n".join(corpus.lines(split, lang)) + "\n")
     return directory
+
+
+def check_recipe_bleu(results, rows, references, target):
+    """Each translation row's table BLEU is sacreBLEU of the hypotheses it wrote (one per
+    reference) against the raw references."""
+    import sacrebleu
+
+    for name, row in rows.items():
+        out_dir = results / ("teacher" if name == "teacher" else f"rows/{name}")
+        hypotheses = (out_dir / f"test.hyp.{target}").read_text(encoding="utf-8").splitlines()
+        assert len(hypotheses) == len(references)
+        assert row["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
