@@ -16,6 +16,7 @@ and the plot (``bytes_frontier.png``) are written to ``<results>/bytes``.
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -66,7 +67,8 @@ def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
 def with_variant(found: List[Dict], names, suffix: str, setting: Dict, what: str) -> List[Dict]:
     """``found`` plus, for each code point named in ``names``, the same export with ``setting``
     (as NAME_``suffix``): ``--int8-body`` (the whole file in integer codes, the deployment beside
-    CTranslate2's int8) or ``--embedding-scale-format log8`` (1-byte row scales)."""
+    CTranslate2's int8), ``--embedding-scale-format log8`` (1-byte row scales),
+    ``--embedding-w-fp16`` or ``--embedding-tail-bits T --embedding-head-rows K``."""
     extra = [{**point, **setting, "name": f"{point['name']}_{suffix}",
               "method": f"{point['method']}, {what}"}
              for point in found if point["name"] in names and point["bits"]]
@@ -218,6 +220,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if "test" not in args.subsets:
         parser.error("--subsets must include test (the table reports it)")
+    for spec in args.tail_bits:
+        if not re.fullmatch(r"[\w.]+:\d:\d+", spec):
+            parser.error(f"--tail-bits {spec}: expected NAME:T:K (e.g. "
+                         "distilled_16x_ptq_int4_log8_w16:3:5650)")
     recipe = load_recipe("multi30k")
     args.use_gpu, args.max_tokens, args.student_updates = False, None, None
     args.source_lang, args.target_lang = recipe.language_pair(args.results)

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--embedding-bits", type=int, metavar="B",
                         help="store the embedding as per-row B-bit integer codes (2-8): a dense "
                              "model's E (post-training quantization) or a low-rank student's "
-                             "f(U), W kept fp32; decodes with --user-dir")
+                             "f(U), W kept fp32 (see --embedding-w-fp16); decodes with --user-dir")
     parser.add_argument("--embedding-scale-format", choices=SCALE_FORMATS,
                         help="with --embedding-bits: each row's scale in fp16 (2 bytes) or log8 "
                              "(1 byte, a power of two in 1/16 steps); default: what the student "
@@ -101,6 +101,10 @@ def run(args) -> Dict:
             "embedding; give one of them")
     if args.embedding_bits is not None:
         check_bits(args.embedding_bits)
+    elif args.dense and (args.embedding_tail_bits is not None or args.embedding_w_fp16):
+        raise DistilledEmbeddingError(
+            "--embedding-tail-bits/--embedding-w-fp16 set how integer codes are stored; --dense "
+            "writes a stock float embedding: drop them")
     else:
         for flag, value, what in (
                 ("--embedding-scale-format", args.embedding_scale_format,

@@ -2,7 +2,8 @@
 
 A dense model's E becomes per-row B-bit codes (post-training quantization: the baseline a user gets
 without training); a Distilled Embedding student's f(U) becomes per-row codes after its components
-are rescaled to one range, with W kept fp32 (:meth:`QuantizedEmbedding.from_factors`). The model
+are rescaled to one range, with W kept fp32 (:meth:`QuantizedEmbedding.from_factors`; fp16 with
+``--embedding-w-fp16``), the rarest rows optionally in narrower codes (``--embedding-tail-bits``). The model
 config then names the ``quantized`` kind, so stock ``fairseq-generate --user-dir`` builds a
 :class:`QuantizedEmbedding` that keeps the codes as integers in memory.
 """

@@ -62,10 +62,11 @@ class FactorizedEmbedding(CompressedEmbedding):
                 "fake-quantized rows store their scales)")
         scale_format = scale_format or "fp16"
         quantization.check_scale_format(scale_format)
-        if getattr(args, "embedding_tail_bits", None) is not None:
+        if getattr(args, "embedding_tail_bits", None) is not None or getattr(
+                args, "embedding_head_rows", None) is not None:
             raise DistilledEmbeddingError(
-                "--embedding-tail-bits is written by fairseq-distilled-emb export (two code "
-                "widths, post-training); fine-tune with --embedding-bits only")
+                "--embedding-tail-bits/--embedding-head-rows are written by fairseq-distilled-emb "
+                "export (two code widths, post-training); fine-tune with --embedding-bits only")
         if bits is not None:
             quantization.check_bits(bits)
             if activation not in quantization.RESCALABLE_ACTIVATIONS:

@@ -5,14 +5,15 @@ Two sources, one module:
 - a dense model's E (V×d): each row of E is stored as ``bits``-bit codes with a scale (fp16, or one
   byte in the log8 format of :mod:`quantization`) and an fp16 offset: post-training quantization, the baseline every user can try without training;
 - a Distilled Embedding student's f(U)·W: the rows of f(U) (V×r, after the per-component rescaling
-  of :func:`quantization.column_scales`) are stored as codes and W (r×d, small) stays fp32.
+  of :func:`quantization.column_scales`) are stored as codes and W (r×d, small) stays fp32
+  (fp16 with ``export --embedding-w-fp16``; it is upcast on load).
 
 Rows can be stored at two widths ("bands"): the first ``head_rows`` rows with ``bits``-bit codes,
 the rest with ``tail_bits`` (``export --embedding-tail-bits T --embedding-head-rows K``).
 fairseq-preprocess sorts a dictionary by frequency, so the head is the most frequent words and the
-tail the rarest: on the cpu profile's 16x student, int4 for the 5,666 most frequent of 8,008 rows
-and int3 for the rest (W in fp16) scored 36.4 valid BLEU at 90.0x fewer bytes than fp32 E, against
-35.5 for int3 everywhere (93.8x) and 36.5 for int4 everywhere (79.2x). Each band is its own
+tail the rarest: on the cpu profile's 16x student (1-byte scales, W in fp16), int4 for the 5,650
+most frequent of 8,008 rows and int3 for the rest scored 36.38 valid BLEU at 90.0x fewer bytes than
+fp32 E, against 36.40 for int4 everywhere (85.6x) and 35.44 for int3 everywhere (102.8x). Each band is its own
 :class:`quantization.RowCodes` (its log8 unit too); a band needs no row index, only the split.
 
 The codes stay integers in memory: a lookup dequantizes only the rows it gathers, and the tied
@@ -162,7 +163,8 @@ class QuantizedEmbedding(CompressedEmbedding):
 
     def num_compressed_params(self):
         """Stored numbers: codes, per-row scale and offset, and W."""
-        return sum(buffer.numel() for name, buffer in self.named_buffers() if name != "code_shape")
+        return sum(buffer.numel() for name, buffer in self.named_buffers()
+                   if name not in ("code_shape", "tail_shape"))
 
     def size_description(self):
         source = f"rank={self.rank}, f(U)" if self.rank else "E"

@@ -190,6 +190,8 @@ def test_two_code_widths_and_fp16_w_are_stored_as_such_and_decode_as_their_matri
     (("--embedding-tail-bits", "3"), "--embedding-tail-bits 3 needs --embedding-bits B (the "
      "tail's code width)"),
     (("--embedding-w-fp16",), "--embedding-w-fp16 needs --embedding-bits B (W beside the codes)"),
+    (("--dense", "--embedding-tail-bits", "3"), "--embedding-tail-bits/--embedding-w-fp16 set how "
+     "integer codes are stored; --dense writes a stock float embedding: drop them"),
     (("--embedding-bits", "4", "--embedding-tail-bits", "3"), "--embedding-tail-bits and "
      "--embedding-head-rows go together: the first K rows keep --embedding-bits, the rest get "
      "the tail's width"),

@@ -176,7 +176,10 @@ def test_the_flags_build_a_student_fake_quantized_with_log8_scales(data_bin):
      "is not supported: choose one of fp16, log8"),
     (("--embedding-bits", "1"), "--embedding-bits 1 is not supported: choose one of 2, 3, 4, 5, "
      "6, 7, 8"),
-    (("--embedding-bits", "4", "--embedding-tail-bits", "3"), "--embedding-tail-bits is written "
+    (("--embedding-bits", "4", "--embedding-tail-bits", "3"), "--embedding-tail-bits/"
+     "--embedding-head-rows are written by fairseq-distilled-emb export (two code widths, "
+     "post-training); fine-tune with --embedding-bits only"),
+    (("--embedding-head-rows", "100",), "--embedding-tail-bits/--embedding-head-rows are written "
      "by fairseq-distilled-emb export (two code widths, post-training); fine-tune with "
      "--embedding-bits only"),
     (("--embedding-bits", "4", "--embedding-activation", "gelu"), "--embedding-bits needs "
