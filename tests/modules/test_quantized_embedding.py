@@ -191,3 +191,19 @@ def test_bad_bits_flags_are_one_clear_error(data_bin, flags, message):
         build_model_from_flags(data_bin, "--share-all-embeddings", "--embedding-compression", "4",
                                *flags)
     assert str(error.value) == message
+
+
+def test_a_one_width_file_from_before_two_widths_loads_from_its_config_as_it_did():
+    """A config saved before ``embedding_tail_bits``/``embedding_head_rows`` existed (no such
+    fields) builds the one-width module, whose buffers take the saved state strictly."""
+    from argparse import Namespace
+
+    source = _trained_like_factors()
+    saved = QuantizedEmbedding.from_factors(source.activated_codes().detach(), source.W.detach(),
+                                            3, padding_idx=1, scale_format="log8").state_dict()
+    assert not any(key.startswith("tail_") for key in saved)
+    args = Namespace(embedding_bits=3, embedding_rank=10, embedding_scale_format="log8")
+    rebuilt = QuantizedEmbedding.from_args(args, 300, 64, 1)
+    rebuilt.load_state_dict(saved, strict=True)
+    assert torch.equal(rebuilt.materialize(), QuantizedEmbedding.from_saved(saved).materialize())
+    assert rebuilt.tail_bits is None and rebuilt.head_rows == 300
