@@ -53,7 +53,7 @@ run, train, write_json = recipe.run, recipe.train, recipe.write_json
 with_overrides = recipe.with_overrides  # any profile dataclass with student_train/max_tokens
 fairseq_tool, device_flags = recipe.fairseq_tool, recipe.device_flags
 
-logger = logging.getLogger("language_model")
+logger = logging.getLogger("examples.language_model.run")  # __name__ is __main__ under -m
 PLUGIN = REPO / "fairseq_distilled_emb"
 def arch_flags(dim: int, layers: int, heads: int) -> List[str]:
     """fairseq's transformer_lm_gpt family (pre-norm, gelu, tied) at the given size."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-logger = logging.getLogger("multi30k")
+logger = logging.getLogger(__name__)
 
 
 def fairseq_tool(name):

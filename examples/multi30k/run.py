@@ -68,7 +68,7 @@ from examples.multi30k.training_flags import (  # noqa: F401  (the flags, also f
 )
 
 
-logger = logging.getLogger("multi30k")
+logger = logging.getLogger("examples.multi30k.run")  # __name__ is __main__ under -m
 
 
 TEACHER_DESCRIPTION = "dense teacher (stock transformer)"

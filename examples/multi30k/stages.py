@@ -26,7 +26,7 @@ from examples.multi30k.commands import (
 )
 from fairseq_distilled_emb import evaluation
 
-logger = logging.getLogger("multi30k")
+logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "fairseq_distilled_emb"
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}

@@ -19,7 +19,9 @@ def test_ci_profile_trains_scores_and_resumes(multi30k_corpus, tmp_path):
     first = run_recipe(command, timeout=600)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     # the recipe's own lines in fairseq's format, on stdout
-    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| INFO \| multi30k \| \$ \S+fairseq-train ",
+    # (fairseq's convention: the logger is the module's name; the command runner is shared)
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| INFO \| examples\.multi30k\.commands "
+                     r"\| \$ \S+fairseq-train ",
                      first.stdout, re.MULTILINE), first.stdout[-3000:]
 
     saved = json.loads((results / "results.json").read_text())
