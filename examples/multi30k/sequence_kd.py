@@ -14,8 +14,9 @@ from fairseq_distilled_emb import evaluation
 
 def distill_training_data(args, profile: Profile, results: Path, data_bin: Path,
                           teacher: Path) -> Path:
-    """Sequence-level KD [C] (Kim & Rush 2016): the teacher's beam-search translation (the profile's beam) of every training
-    source sentence, aligned by id (the count is checked), binarized with the teacher's dictionary.
+    """Sequence-level KD [C] (Kim & Rush 2016): the teacher's beam-search translation (the
+    profile's beam) of every training source sentence, aligned by id (the count is checked),
+    binarized with the teacher's dictionary.
     Returns the data-bin whose ``train`` split is the teacher's output (valid/test stay gold)."""
     kd_bin = results / "data-bin-kd"
     if (kd_bin / "preprocess.done").exists():

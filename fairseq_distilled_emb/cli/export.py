@@ -121,8 +121,8 @@ def run(args) -> Dict:
     exported = export_state(state, dense=args.dense, fp16=args.fp16, bits=args.embedding_bits,
                             int8=args.int8_body, project_in_out=args.project_in_out,
                             scale_format=args.embedding_scale_format,
-                            bands=(args.embedding_tail_bits, args.embedding_head_rows),
-                            w_fp16=args.embedding_w_fp16)
+                            tail_bits=args.embedding_tail_bits,
+                            head_rows=args.embedding_head_rows, w_fp16=args.embedding_w_fp16)
     written = save_checkpoint(exported, args.output, force=args.force)
     report = {
         "params_before": before_params,
@@ -145,7 +145,7 @@ def run(args) -> Dict:
 
 def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None,
                  int8: bool = False, project_in_out: bool = False, scale_format=None,
-                 bands=(None, None), w_fp16: bool = False) -> dict:
+                 tail_bits=None, head_rows=None, w_fp16: bool = False) -> dict:
     """The inference-only checkpoint dict (see module doc)."""
     cfg = to_plain(state["cfg"]) if state.get("cfg") is not None else None
     if cfg is None:
@@ -163,7 +163,8 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
         dense_model_config(cfg["model"])
         factor_keys = FACTOR_KEYS
     if bits is not None:
-        model = quantize_embeddings(model, cfg["model"], bits, scale_format, bands, w_fp16)
+        model = quantize_embeddings(model, cfg["model"], bits, scale_format, tail_bits, head_rows,
+                                    w_fp16)
     if int8:
         model = int8_body(model, cfg["model"])
     if fp16:

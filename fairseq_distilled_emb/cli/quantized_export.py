@@ -3,8 +3,8 @@
 A dense model's E becomes per-row B-bit codes (post-training quantization: the baseline a user gets
 without training); a Distilled Embedding student's f(U) becomes per-row codes after its components
 are rescaled to one range, with W kept fp32 (:meth:`QuantizedEmbedding.from_factors`; fp16 with
-``--embedding-w-fp16``), the rarest rows optionally in narrower codes (``--embedding-tail-bits``). The model
-config then names the ``quantized`` kind, so stock ``fairseq-generate --user-dir`` builds a
+``--embedding-w-fp16``), the rarest rows optionally in narrower codes (``--embedding-tail-bits``).
+The model config then names the ``quantized`` kind, so stock ``fairseq-generate --user-dir`` builds a
 :class:`QuantizedEmbedding` that keeps the codes as integers in memory.
 """
 
@@ -27,16 +27,16 @@ TIED_OUTPUT = "decoder.output_projection"
 
 
 def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: int,
-                        scale_format: Optional[str] = None, bands=(None, None),
-                        w_fp16: bool = False) -> dict:
+                        scale_format: Optional[str] = None, tail_bits: Optional[int] = None,
+                        head_rows: Optional[int] = None, w_fp16: bool = False) -> dict:
     """``model`` with its (dense or low-rank) embedding stored as ``bits``-bit codes; the model
     config is rewritten to the ``quantized`` kind of the same architecture family. The scales are
     stored in ``scale_format``, by default the one quantization-aware fine-tuning used (fp16
-    when there was none). ``bands`` = (tail bits, head rows): the rows from the head's end on in
+    when there was none). ``tail_bits``/``head_rows``: the rows from ``head_rows`` on in
     narrower codes (see :mod:`..modules.quantized_embedding`); ``w_fp16``: W stored in fp16."""
     check_bits(bits)
     scale_format = scale_format or model_cfg.get("embedding_scale_format") or "fp16"
-    options = {"scale_format": scale_format, "tail_bits": bands[0], "head_rows": bands[1]}
+    options = {"scale_format": scale_format, "tail_bits": tail_bits, "head_rows": head_rows}
     if compressed_keys(model):
         groups, rank = _factor_groups(model, model_cfg, bits, options)
     else:

@@ -13,8 +13,9 @@ the rest with ``tail_bits`` (``export --embedding-tail-bits T --embedding-head-r
 fairseq-preprocess sorts a dictionary by frequency, so the head is the most frequent words and the
 tail the rarest: on the cpu profile's 16x student (1-byte scales, W in fp16), int4 for the 5,650
 most frequent of 8,008 rows and int3 for the rest scored 36.38 valid BLEU at 90.0x fewer bytes than
-fp32 E, against 36.40 for int4 everywhere (85.6x) and 35.44 for int3 everywhere (102.8x). Each band is its own
-:class:`quantization.RowCodes` (its log8 unit too); a band needs no row index, only the split.
+fp32 E, against 36.40 for int4 everywhere (85.6x) and 35.44 for int3 everywhere (102.8x). Each
+band is its own :class:`quantization.RowCodes` (its log8 unit too); a band needs no row index,
+only the split.
 
 The codes stay integers in memory: a lookup dequantizes only the rows it gathers, and the tied
 output logits go through the (dequantized, cached) table as the factorized embedding's do. The
@@ -124,22 +125,23 @@ class QuantizedEmbedding(CompressedEmbedding):
         if self.tail_bits is not None:
             yield "tail", slice(self.head_rows, self.num_embeddings), self.tail_bits
 
-    def _band_rows(self, band, bits, index=None) -> torch.Tensor:
+    def _band_rows(self, band, index=None) -> torch.Tensor:
         packed = quantization.RowCodes(*(getattr(self, name) for name in BANDS[band]))
         if index is not None:
             packed = packed._replace(**{name: getattr(packed, name)[index]
                                         for name in ("codes", "scales", "offsets")})
+        bits = self.bits if band == "head" else self.tail_bits
         return quantization.dequantize_rows(packed, bits, self.width)
 
     def _rows(self, index=None) -> torch.Tensor:
         """Dequantized rows of the code table (all, or those ``index`` gathers), fp32."""
         if self.tail_bits is None:
-            return self._band_rows("head", self.bits, index)
+            return self._band_rows("head", index)
         if index is None:
-            return torch.cat([self._band_rows(band, bits) for band, _, bits in self._bands()])
+            return torch.cat([self._band_rows(band) for band, _, _ in self._bands()])
         # both bands dequantize every gathered row (clamped into range), the split picks
-        head = self._band_rows("head", self.bits, index.clamp(max=self.head_rows - 1))
-        tail = self._band_rows("tail", self.tail_bits, (index - self.head_rows).clamp(min=0))
+        head = self._band_rows("head", index.clamp(max=self.head_rows - 1))
+        tail = self._band_rows("tail", (index - self.head_rows).clamp(min=0))
         return torch.where((index < self.head_rows)[:, None], head, tail)
 
     def forward(self, tokens):
@@ -182,8 +184,9 @@ class QuantizedEmbedding(CompressedEmbedding):
         vocab, width, bits = (int(value) for value in tensors["code_shape"])
         projection = tensors.get("code_projection")
         dim = width if projection is None else projection.size(1)
-        head_rows, tail_bits = (int(v) for v in tensors["tail_shape"]) if "tail_shape" in \
-            tensors else (None, None)
+        head_rows, tail_bits = None, None
+        if "tail_shape" in tensors:
+            head_rows, tail_bits = (int(value) for value in tensors["tail_shape"])
         module = cls(vocab, dim, None, bits, rank=None if projection is None else width,
                      scale_format="log8" if "code_scale_unit" in tensors else "fp16",
                      tail_bits=tail_bits, head_rows=head_rows)
