@@ -362,6 +362,21 @@ CASES = {  # the table's input cell -> the case
              EXPORT + "--int8-body: 'transformer_tiny' is a stock architecture, which has no int8 "
              "layers; add --embedding-bits (a dense teacher's E then becomes codes too) or export "
              "a distilled_* student")],
+    "`export --embedding-tail-bits`/`--embedding-head-rows`/`--embedding-w-fp16`: a split given "
+    "halfway or not below `--embedding-bits`, or without codes": lambda c: [
+        (c.cli("export", "--embedding-bits", "4", "--embedding-tail-bits", "3", c.teacher,
+               c.out / "out.pt"),
+         EXPORT + "--embedding-tail-bits and --embedding-head-rows go together: the first K rows "
+         "keep --embedding-bits, the rest get the tail's width"),
+        (c.cli("export", "--embedding-bits", "4", "--embedding-tail-bits", "4",
+               "--embedding-head-rows", "10", c.teacher, c.out / "out.pt"),
+         EXPORT + "--embedding-tail-bits 4 must be below --embedding-bits 4 (the tail holds the "
+         "rarest words)"),
+        (c.cli("export", "--embedding-w-fp16", c.teacher, c.out / "out.pt"),
+         EXPORT + "--embedding-w-fp16 needs --embedding-bits B (W beside the codes)"),
+        (c.cli("export", "--embedding-w-fp16", "--dense", c.teacher, c.out / "out.pt"),
+         EXPORT + "--embedding-tail-bits/--embedding-w-fp16 set how integer codes are stored; "
+         "--dense writes a stock float embedding: drop them")],
     "`export --project-in-out` of a translation model, or with `--dense`/`--embedding-bits`/"
     "`--int8-body`": lambda c: [
         (c.cli("export", "--project-in-out", c.teacher, c.out / "out.pt"),
