@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from benchmarks.common import load_recipe
+from examples.multi30k.commands import log_like_fairseq_cli
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.stats import embedding_summary, model_config
 
@@ -218,6 +219,7 @@ def main(argv=None):
     parser.add_argument("--subsets", nargs="+", default=["valid", "test"],
                         choices=["valid", "test"], help="what to decode (test is always one)")
     args = parser.parse_args(argv)
+    log_like_fairseq_cli()
     if "test" not in args.subsets:
         parser.error("--subsets must include test (the table reports it)")
     for spec in args.tail_bits:

@@ -22,6 +22,7 @@ import sacrebleu
 import torch
 from fairseq.data.data_utils import post_process
 
+from examples.multi30k.commands import log_like_fairseq_cli
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.export import to_plain
 
@@ -67,6 +68,7 @@ def main(argv=None):
     parser.add_argument("--source-lang", default="de")
     parser.add_argument("--target-lang", default="en")
     args = parser.parse_args(argv)
+    log_like_fairseq_cli()
     out = args.results / "ctranslate2"
     out.mkdir(parents=True, exist_ok=True)
     source = converter_input(args.results / "teacher" / "checkpoint_best.pt", out)

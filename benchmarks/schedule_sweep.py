@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from benchmarks.common import load_recipe
-from examples.multi30k.commands import merge_flags, without_flags
+from examples.multi30k.commands import log_like_fairseq_cli, merge_flags, without_flags
 
 SCHEDULERS = ("inverse_sqrt", "fixed", "cosine")
 
@@ -84,6 +84,7 @@ def main():
     parser.add_argument("--no-fp16", dest="fp16", action="store_false",
                         help="on GPU, train in fp32 (as the cpu profile does) instead of fp16")
     args = parser.parse_args()
+    log_like_fairseq_cli()
     recipe = load_recipe(args.recipe)
     key = recipe.SCORE[0]
     args.use_gpu, args.max_tokens, args.student_updates = args.device == "gpu", None, None

@@ -46,7 +46,7 @@ from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.stats import embedding_summary, model_config
 from examples.multi30k import run as recipe  # the translation recipe's stages, imported
-from examples.multi30k.commands import merge_flags
+from examples.multi30k.commands import log_like_fairseq_cli, merge_flags
 
 REPO = recipe.REPO
 run, train, write_json = recipe.run, recipe.train, recipe.write_json
@@ -258,11 +258,7 @@ def main(argv=None):
     parser.add_argument("--student-updates", type=int,
                         help="override the profile's fine-tuning updates per student row")
     args = parser.parse_args(argv)
-    # fairseq_cli's format, on stdout; force: importing fairseq has configured the root logger
-    # already (its default format, on stderr)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
+    log_like_fairseq_cli()
     import torch
 
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())

@@ -17,6 +17,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 logger = logging.getLogger(__name__)
 
 
+def log_like_fairseq_cli() -> None:
+    """fairseq_cli's log format, INFO and up, on stdout. ``force``: importing fairseq has already
+    configured the root logger (its default format, on stderr, at DEBUG), which would otherwise
+    print every library's debug lines (matplotlib's font search: thousands of them)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+
+
 def fairseq_tool(name):
     """The console script next to this Python (the venv's), falling back to PATH."""
     candidate = Path(sys.executable).parent / f"fairseq-{name}"

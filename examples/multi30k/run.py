@@ -57,6 +57,7 @@ from examples.multi30k.stages import (  # noqa: F401  (the stages, also for othe
     verify_shipped_teacher,
     write_json,
 )
+from examples.multi30k.commands import log_like_fairseq_cli
 from examples.multi30k.sequence_kd import training_data  # noqa: F401  (also recipe.training_data)
 from examples.multi30k.training_flags import (  # noqa: F401  (the flags, also for other scripts)
     arch_settings,
@@ -222,11 +223,7 @@ def main(argv=None):
                         "several of these small models; the dense rows then train beside the "
                         "teacher); default 1: one stage after the other")
     args = parser.parse_args(argv)
-    # fairseq_cli's format, on stdout; force: importing fairseq has configured the root logger
-    # already (its default format, on stderr)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
+    log_like_fairseq_cli()
     import torch
 
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
