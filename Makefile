@@ -31,12 +31,14 @@ SLOW_FIRST = tests/examples/test_multi30k_recipe.py \
 test: setup
 	$(PY) -m pytest -q $(SLOW_FIRST) tests $(PYTEST_ARGS)
 
-# then the bytes: post-training int4/int2 codes of the teacher's E and int4 codes of the 8x
-# student's f(U) (decode only, test set): benchmarks/bytes_frontier.py
+# then the bytes: the teacher's fp16 export (the reference of the Δ column), post-training
+# int4/int2 codes of its E and int4 codes of the 8x student's f(U) (decode only, test set; the
+# by-budget table chooses on valid, so it needs the valid decodes: run without --subsets test):
+# benchmarks/bytes_frontier.py
 demo: setup
 	$(PY) -m examples.multi30k.run --profile demo
 	$(PY) -m benchmarks.bytes_frontier --results results/multi30k-demo --profile demo \
-	    --subsets test --points teacher_int4 teacher_int2 distilled_8x_ptq_int4
+	    --subsets test --points teacher_fp16 teacher_int4 teacher_int2 distilled_8x_ptq_int4
 
 # use a GPU: up to 12 of the small trainings share it (benchmarks/results/multi30k-full-h100/)
 benchmark: setup
