@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from examples import dense_size
-from examples.multi30k.commands import device_flags, merge_flags
+from examples.multi30k.commands import device_flags, merge_flags, without_flags
 from examples.multi30k.profiles import COMMON_TRAIN, ROWS
 from examples.multi30k.stages import PLUGIN, Profile
 from fairseq_distilled_emb import factorization
@@ -80,6 +80,9 @@ def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path) -> Li
         target = dense_target_params(teacher_total, vocab, dim, spec.compression)
         return dense_flags(profile, args, vocab, target)
     if spec.kind == "continued":
-        return merge_flags(teacher_flags(profile, args), profile.fine_tuning(spec.compression),
+        # the students' budget, not the teacher's early stopping (a patience of 5 epochs could
+        # cut the full profile's 2,000 updates short)
+        return merge_flags(without_flags(teacher_flags(profile, args), "--max-epoch", "--patience"),
+                           profile.fine_tuning(spec.compression),
                            ["--finetune-from-model", str(teacher)])
     return student_flags(row, profile, args, teacher)

@@ -95,8 +95,11 @@ def test_the_later_group_keeps_its_value_as_argparse_kept_it():
             "--lr", "--lr-scheduler", "--warmup-updates", "--min-lr", "--max-update")] == [
             "0.003", "cosine", "50", "3e-05", "400"]
     assert [value(demo["teacher"], flag) for flag in (
-        "--lr", "--lr-scheduler", "--warmup-updates", "--max-update")] == [
-        "2e-3", "inverse_sqrt", "200", "600"]
+        "--lr", "--lr-scheduler", "--warmup-updates", "--max-epoch", "--patience")] == [
+        "2e-3", "inverse_sqrt", "200", "200", "5"]
+    # the teacher's early stopping is its own: a student or the continued teacher runs its budget
+    assert [row for row in ("distilled_8x", "svd_linear_8x", "teacher_continued")
+            if "--patience" in demo[row] or "--max-epoch" in demo[row]] == []
     assert value(demo["teacher_continued"], "--finetune-from-model") == "teacher.pt"
     lm = language_model_commands(load_recipe("language_model"), "demo", recipe_args())
     assert value(lm["distilled_8x"], "--embedding-distill-weight") == "0"  # the LM students' β
