@@ -46,7 +46,7 @@ from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.stats import embedding_summary, model_config
 from examples.multi30k import run as recipe  # the translation recipe's stages, imported
-from examples.multi30k.commands import log_like_fairseq_cli, merge_flags
+from examples.multi30k.commands import log_like_fairseq_cli, merge_flags, without_flags
 
 REPO = recipe.REPO
 run, train, write_json = recipe.run, recipe.train, recipe.write_json
@@ -155,8 +155,9 @@ def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path,
         cutoffs, factor, _params = adaptive_embedding(vocab, profile.dim, spec.compression)
         return teacher_flags(profile, args, embedding=adaptive_size.adaptive_flags(cutoffs, factor))
     if spec.kind == "continued":
-        return merge_flags(teacher_flags(profile, args), profile.student_train,
-                           ["--finetune-from-model", str(teacher)])
+        # the students' budget, not the teacher's early stopping (as the translation recipe's)
+        return merge_flags(without_flags(teacher_flags(profile, args), "--max-epoch", "--patience"),
+                           profile.student_train, ["--finetune-from-model", str(teacher)])
     return student_flags(row, profile, args, teacher)
 
 

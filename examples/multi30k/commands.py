@@ -33,13 +33,15 @@ def fairseq_tool(name):
 
 
 def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
-    """Run a command, save its output to ``log_path``, return it; fail with the output's tail.
+    """Run a command, append its output to ``log_path``, return it; fail with the output's tail.
 
     stdout and stderr are read separately and joined (not interleaved): fairseq's progress bar
     writes carriage returns to stderr which would otherwise glue onto the start of stdout lines
     (``S-5``/``D-5``), making whole sentences look dropped from fairseq-generate's output. stdout
     is written to the log as it arrives, and each of fairseq-train's own progress lines is echoed
     as one short line (stage, update against the budget, loss), so a long stage is not silent.
+    A resumed stage appends to its log after a header line instead of replacing it: a teacher
+    trained over several runs keeps its whole valid curve in one file.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("$ " + shlex.join(command))  # quoted as a shell needs it: '(0.9, 0.98)'
@@ -55,7 +57,9 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     for reader in readers:
         reader.start()
     stdout = []
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
+        if log.tell():
+            log.write(f"\n# resumed {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
         for line in process.stdout:
             stdout.append(line)
             log.write(line)

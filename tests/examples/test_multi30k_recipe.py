@@ -60,7 +60,9 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     (results / "teacher" / "train.json").unlink()
     third = run_recipe(command, timeout=300)
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
-    assert "loaded checkpoint" in (results / "logs" / "teacher.train.log").read_text().lower()
+    first_run, resumed = (results / "logs" / "teacher.train.log").read_text().split("\n# resumed ")
+    assert "No existing checkpoint found" in first_run  # the first run's log is kept, not replaced
+    assert "loaded checkpoint" in resumed.lower()
 
     # sequence-level KD from the same teacher: it translates every training sentence, and a row
     # and its same-size dense baseline train on gold + teacher output

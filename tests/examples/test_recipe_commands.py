@@ -107,6 +107,13 @@ def test_the_later_group_keeps_its_value_as_argparse_kept_it():
     assert [value(lm["teacher_continued"], flag) for flag in ("--lr", "--lr-scheduler",
                                                               "--max-update")] == [
         "0.003", "cosine", "300"]
+    wikitext = language_model_commands(load_recipe("language_model"), "wikitext2-cpu",
+                                       recipe_args())
+    assert [value(wikitext["teacher"], flag) for flag in ("--max-epoch", "--patience")] == [
+        "40", "6"]
+    assert [flag for flag in ("--max-epoch", "--patience")
+            if flag in wikitext["teacher_continued"]] == []
+    assert value(wikitext["teacher_continued"], "--max-update") == "300"
 
 
 def test_merge_flags_keeps_each_flag_once_with_the_later_value_at_its_later_place():
