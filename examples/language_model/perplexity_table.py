@@ -14,6 +14,7 @@ COLUMNS = (
     ("embedding_params", "emb. params"),
     ("embedding_fewer", "emb. bytes × fewer"),
     ("total_params", "total params"),
+    ("valid_perplexity", "valid ppl"),
     ("perplexity", "test ppl"),
     ("ppl_vs_teacher", "× teacher ppl"),
     ("reconstruction_error", "recon. rel. err"),
@@ -40,12 +41,15 @@ def versus_teacher(rows: Dict[str, Dict]) -> Dict[str, Dict]:
 
 
 def markdown_table(rows: Dict[str, Dict]) -> str:
-    """The perplexity table (cells formatted as benchmarks/report.py formats the BLEU table)."""
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
+    """The perplexity table (cells formatted as benchmarks/report.py formats the BLEU table); the
+    valid column only where rows were scored on valid (the WikiText-2 profiles)."""
+    columns = [(key, title) for key, title in COLUMNS if key != "valid_perplexity"
+               or any(row.get(key) is not None for row in rows.values())]
+    lines = ["| " + " | ".join(title for _, title in columns) + " |",
+             "|" + "---|" * len(columns)]
     for name, row in versus_teacher(rows).items():
         values = {**row, "row": name}
-        lines.append("| " + " | ".join(report.cell(key, values.get(key)) for key, _ in COLUMNS)
+        lines.append("| " + " | ".join(report.cell(key, values.get(key)) for key, _ in columns)
                      + " |")
     return "\n".join(lines)
 

@@ -31,6 +31,9 @@ class Profile:
     # the same); 64 was the fastest of 64/128/256 for the wikitext2-cpu teacher and 8x student on
     # valid (benchmarks/results/lm-wikitext2-cpu-speed/), and 2x faster than one T×V softmax
     softmax_batch: int = 64
+    # every row also scored on valid (fairseq-eval-lm --gen-subset valid): where the by-bytes
+    # choices between rows are made; off where the numbers are only plumbing or for a quick demo
+    score_valid: bool = False
 
 
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
@@ -100,7 +103,7 @@ PROFILES = {
                        "--patience", "6"],
         # the translation students' rule (cosine from 1.5x the teacher's peak), ~1.2 epochs
         student_train=cosine_fine_tuning(3e-3, 300),
-        rows=WIKITEXT_ROWS, max_tokens=8192,
+        rows=WIKITEXT_ROWS, max_tokens=8192, score_valid=True,
         notes="cpu profile: WikiText-2 word level (33,280 symbols), teacher transformer_lm_gpt "
         "d=256, 2 layers, FFN 1024, tied (84 % of its parameters are the embedding), blocks of "
         "256 tokens, until valid loss stops improving (validated every 128 updates, patience 6: "
@@ -113,7 +116,7 @@ PROFILES = {
         teacher_train=["--lr", "1e-3", "--warmup-updates", "1000", "--max-epoch", "100",
                        "--patience", "5"],
         student_train=cosine_fine_tuning(1.5e-3, 2000),
-        rows=WIKITEXT_ROWS, max_tokens=8192,
+        rows=WIKITEXT_ROWS, max_tokens=8192, score_valid=True,
         notes="Full profile (a GPU): WikiText-2 word level, teacher d=512, 4 layers, FFN 2048, "
         "blocks of 512 tokens, early stopping (patience 5 epochs); 2,000 fine-tuning updates per "
         "student.",

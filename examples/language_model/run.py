@@ -6,10 +6,9 @@ int8/int4 codes of the embedding) → test perplexity table.
 Every stage runs stock fairseq commands (``fairseq-preprocess --only-source``, ``fairseq-train``,
 ``fairseq-eval-lm``) and writes under ``--results``; a stage whose output exists is skipped, so an
 interrupted run continues where it stopped (a training stage from its checkpoint_last.pt).
-Multi30k profiles: ``ci`` (a few hundred sentences, a few updates: checks the plumbing, numbers
-are meaningless), ``demo`` (the whole English side, a small model, a few minutes on 2 idle CPU
-cores) and ``full`` (a GPU). WikiText-2 profiles: ``wikitext2-ci``, ``wikitext2-cpu`` (hours on 2
-cores) and ``wikitext2-full`` (a GPU).
+Profiles: ``ci``/``wikitext2-ci`` (plumbing: numbers are meaningless), ``demo`` (Multi30k's
+English side, minutes on 2 CPU cores), ``wikitext2-cpu`` (hours on 2 cores), ``full``/
+``wikitext2-full`` (a GPU); wikitext2-cpu/full score every row on valid too (choices are made there).
 
     python -m examples.language_model.run --profile wikitext2-cpu
 
@@ -32,16 +31,8 @@ from examples import adaptive_size, dense_size
 from examples.language_model import corpora
 from examples.language_model.perplexity_table import write_report
 from examples.language_model.profiles import (  # noqa: F401  (also read as recipe.X elsewhere)
-    ALL_ROWS,
-    COMMON_TRAIN,
-    MAIN_ROWS,
-    POST_TRAINING_ROWS,
-    PROFILES,
-    ROWS,
-    STUDENT_BETA,
-    TEACHER_DESCRIPTION,
-    Profile,
-)
+    ALL_ROWS, COMMON_TRAIN, MAIN_ROWS, POST_TRAINING_ROWS, PROFILES, ROWS, STUDENT_BETA,
+    TEACHER_DESCRIPTION, Profile)
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.stats import embedding_summary, model_config
@@ -123,6 +114,16 @@ def evaluate(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, arg
     return payload
 
 
+def scores(data_bin: Path, checkpoint: Path, out_dir: Path, results: Path, args,
+           profile: Profile, name: str) -> Dict:
+    """Test perplexity, and valid perplexity too where the profile says (``score_valid``)."""
+    payload = evaluate(data_bin, checkpoint, out_dir, results, args, profile, name)
+    if profile.score_valid:
+        valid = evaluate(data_bin, checkpoint, out_dir, results, args, profile, name, "valid")
+        payload = {**payload, "valid_perplexity": valid["perplexity"]}
+    return payload
+
+
 #: what benchmarks/schedule_sweep.py ranks points by: (score key, its label, higher is better)
 SCORE = ("perplexity", "valid ppl", False)
 
@@ -196,10 +197,10 @@ def post_training_row(row: str, base: Dict, base_checkpoint: Path, data_bin: Pat
             results / "logs" / f"{row}.export.log")
     state = load_checkpoint(exported)
     stored = embedding_summary(state["model"], model_config(state))["embedding_bytes"]
-    scores = evaluate(data_bin, exported, out_dir, results, args, profile, row)
+    measured = scores(data_bin, exported, out_dir, results, args, profile, row)
     return {"embedding_params": base["embedding_params"], "total_params": base.get("total_params"),
             "embedding_bytes": stored,
-            **scores, "description": spec.description, "updates": 0, "train_seconds": 0}
+            **measured, "description": spec.description, "updates": 0, "train_seconds": 0}
 
 
 def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
@@ -228,9 +229,9 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
         elif spec.kind != "student":  # a dense model's embedding: V × its own width
             summary["embedding_params"] = vocab * int(flags[flags.index("--decoder-embed-dim") + 1])
         summary["embedding_bytes"] = 4 * summary["embedding_params"]  # fp32, as trained
-        scores = evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
+        measured = scores(data_bin, save_dir / "checkpoint_best.pt", save_dir, results, args,
                           profile, row)
-        rows[row] = {**summary, **scores, "description": spec.description}
+        rows[row] = {**summary, **measured, "description": spec.description}
         return rows[row]
 
     for row in args.rows or profile.rows:
@@ -273,8 +274,8 @@ def main(argv=None):
     teacher_dir = results / "teacher"
     teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher", results)
     teacher_ckpt = teacher_dir / "checkpoint_best.pt"
-    teacher_scores = evaluate(data_bin, teacher_ckpt, teacher_dir, results, args, profile,
-                              "teacher")
+    teacher_scores = scores(data_bin, teacher_ckpt, teacher_dir, results, args, profile,
+                            "teacher")
     vocab = dictionary_size(data_bin)
     rows = {"teacher": {**teacher_summary, **teacher_scores,
                         "embedding_params": vocab * profile.dim,

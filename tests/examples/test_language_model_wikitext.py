@@ -70,6 +70,7 @@ def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path):
         vocab * (rank + 4) + rank * dim * 4 + CODE_SHAPE_BYTES)
     assert rows["teacher_int4"]["updates"] == 0
     table = (results / "results.md").read_text()
+    assert "| total params | test ppl | × teacher ppl |" in table  # not scored on valid here
     fewer = 256000 / rows["teacher_int4"]["embedding_bytes"]
     assert ("| teacher_int4 | the teacher's E in int4 codes, post-training (no training) | "
             f"64,000 | {fewer:.2f} |") in table
