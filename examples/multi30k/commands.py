@@ -3,6 +3,7 @@ for fairseq-train, one short progress line per logged update to the console); st
 written atomically and reused only with the settings they were made with; the device flags
 every training command gets; flag groups merged into one command with each flag once."""
 
+import hashlib
 import json
 import logging
 import re
@@ -169,11 +170,32 @@ def training_settings(flags: List[str]) -> Dict[str, str]:
     return {key: value for key, value in settings.items() if key not in WHERE_NOT_WHAT}
 
 
+#: the options naming the checkpoint a training starts from (a student's teacher, a continued one)
+STARTS_FROM = ("--teacher-path", "--finetune-from-model")
+
+
+def starting_checkpoint(flags: List[str]) -> Dict[str, str]:
+    """``{"teacher sha256": the first 16 hex digits}`` of the checkpoint ``flags`` start from,
+    when it exists: where that file lives does not matter (``WHERE_NOT_WHAT``), what it holds
+    does, so a student finished against one teacher is not reused for another."""
+    path = next((flags[i + 1] for i in range(len(flags) - 2, -1, -1) if flags[i] in STARTS_FROM),
+                None)
+    if path is None or not Path(path).is_file():
+        return {}
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"teacher sha256": digest.hexdigest()[:16]}
+
+
 def refuse_other_settings(done: Path, settings: Dict[str, str]) -> Dict:
     """A finished stage's summary, reused only with the settings it was trained with: a changed
     budget or learning rate must not silently reuse the old model (nor overwrite it)."""
     summary = json.loads(done.read_text())
     recorded = summary.get("settings")
+    if "teacher sha256" not in (recorded or {}):  # recorded before teachers were: not comparable
+        settings = {key: value for key, value in settings.items() if key != "teacher sha256"}
     if recorded is None:  # written before settings were recorded: its updates are all we know
         if "--max-update" not in settings or "updates" not in summary:
             return summary

@@ -21,6 +21,7 @@ from examples.multi30k.commands import (
     fairseq_tool,
     refuse_other_settings,
     run,
+    starting_checkpoint,
     training_settings,
     write_json,
 )
@@ -199,7 +200,7 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     """fairseq-train into ``save_dir`` unless its training finished before with the same
     settings; returns its timing."""
     done = save_dir / "train.json"
-    settings = training_settings(flags)
+    settings = {**training_settings(flags), **starting_checkpoint(flags)}
     if done.exists():
         return refuse_other_settings(done, settings)
     started = time.perf_counter()

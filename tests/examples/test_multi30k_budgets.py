@@ -2,6 +2,7 @@
 commands the recipe builds: the cpu profile gives 16x rows (every method) the 1,000 updates valid
 chose for them and the other rows 500; ``--student-updates`` sets every row's."""
 
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -105,3 +106,37 @@ def test_a_stage_finished_before_settings_were_recorded_is_checked_by_its_update
     assert str(refused.value) == (
         f"error: {tmp_path} was trained with other settings (--max-update 500 → 1000); move it "
         "away to train it again, or pass another --results")
+
+
+def test_a_finished_student_is_not_reused_for_another_teacher(tmp_path):
+    """The teacher's bytes are part of a student's settings (its path is not): the same teacher
+    moved elsewhere reuses the row, another teacher at the same path is refused with both
+    digests, and a row recorded before teachers were recorded is still reused."""
+    recipe = load_recipe()
+    from examples.multi30k.commands import starting_checkpoint, training_settings
+
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"the first teacher")
+    flags = ["--lr", "1e-3", "--max-update", "500", "--teacher-path", str(teacher)]
+    first = hashlib.sha256(b"the first teacher").hexdigest()[:16]
+    assert starting_checkpoint(flags) == {"teacher sha256": first}
+    done = tmp_path / "rows" / "distilled_8x" / "train.json"
+    done.parent.mkdir(parents=True)
+    payload = json.dumps({"updates": 500, "settings": {**training_settings(flags),
+                                                       "teacher sha256": first}})
+    done.write_text(payload)
+    moved = tmp_path / "elsewhere.pt"
+    moved.write_bytes(teacher.read_bytes())
+    assert recipe.train(tmp_path / "data-bin", done.parent, flags[:-1] + [str(moved)],
+                        "distilled_8x", tmp_path)["updates"] == 500
+    teacher.write_bytes(b"a teacher trained again")
+    second = hashlib.sha256(b"a teacher trained again").hexdigest()[:16]
+    with pytest.raises(SystemExit) as refused:
+        recipe.train(tmp_path / "data-bin", done.parent, flags, "distilled_8x", tmp_path)
+    assert str(refused.value) == (
+        f"error: {done.parent} was trained with other settings (teacher sha256 {first} → "
+        f"{second}); move it away to train it again, or pass another --results")
+    assert done.read_text() == payload and not (tmp_path / "logs").exists()
+    done.write_text(json.dumps({"updates": 500, "settings": training_settings(flags)}))
+    assert recipe.train(tmp_path / "data-bin", done.parent, flags, "distilled_8x",
+                        tmp_path)["updates"] == 500  # recorded before teachers were
