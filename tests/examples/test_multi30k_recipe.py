@@ -1,8 +1,9 @@
 """The Multi30k recipe script itself, CI-sized: every stage through the real commands, the table,
 resuming, and sequence-level KD from the same teacher (``--train-data both``)."""
 
-import re
+import hashlib
 import json
+import re
 import sys
 
 from helpers import check_recipe_bleu, raw_multi30k_dir, run_recipe
@@ -58,11 +59,20 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     # a stage interrupted after fairseq saved checkpoint_last.pt (no train.json yet) resumes
     # through fairseq's own restore, for the stock teacher too (torch >= 2.6 safe loading)
     (results / "teacher" / "train.json").unlink()
-    third = run_recipe(command, timeout=300)
+    third = run_recipe(command + ["--rows"], timeout=300)  # the teacher alone
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
     first_run, resumed = (results / "logs" / "teacher.train.log").read_text().split("\n# resumed ")
     assert "No existing checkpoint found" in first_run  # the first run's log is kept, not replaced
     assert "loaded checkpoint" in resumed.lower()
+    # fairseq's restore trained it one update more (13/12): a student of the teacher it was is
+    # not reused as a student of this one
+    recorded = json.loads((student / "train.json").read_text())["settings"]["teacher sha256"]
+    teacher = hashlib.sha256((results / "teacher" / "checkpoint_best.pt").read_bytes())
+    other = run_recipe(command, timeout=300)
+    assert other.returncode == 1 and other.stderr.strip().splitlines()[-1] == (
+        f"error: {student} was trained with other settings (teacher sha256 {recorded} → "
+        f"{teacher.hexdigest()[:16]}); move it away to train it again, or pass another --results")
+    assert {path: path.stat().st_mtime_ns for path in student.iterdir()} == before
 
     # sequence-level KD from the same teacher: it translates every training sentence, and a row
     # and its same-size dense baseline train on gold + teacher output
