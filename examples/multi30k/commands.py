@@ -194,8 +194,11 @@ def refuse_other_settings(done: Path, settings: Dict[str, str]) -> Dict:
     budget or learning rate must not silently reuse the old model (nor overwrite it)."""
     summary = json.loads(done.read_text())
     recorded = summary.get("settings")
-    if "teacher sha256" not in (recorded or {}):  # recorded before teachers were: not comparable
+    if "teacher sha256" not in (recorded or {}) or "teacher sha256" not in settings:
+        # recorded before teachers were, or the teacher file is gone: nothing to compare it by
         settings = {key: value for key, value in settings.items() if key != "teacher sha256"}
+        recorded = None if recorded is None else {
+            key: value for key, value in recorded.items() if key != "teacher sha256"}
     if recorded is None:  # written before settings were recorded: its updates are all we know
         if "--max-update" not in settings or "updates" not in summary:
             return summary

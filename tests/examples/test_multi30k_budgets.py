@@ -137,6 +137,9 @@ def test_a_finished_student_is_not_reused_for_another_teacher(tmp_path):
         f"error: {done.parent} was trained with other settings (teacher sha256 {first} → "
         f"{second}); move it away to train it again, or pass another --results")
     assert done.read_text() == payload and not (tmp_path / "logs").exists()
+    teacher.unlink()  # deleted to save disk: nothing to compare the row by, so it is reused
+    assert recipe.train(tmp_path / "data-bin", done.parent, flags, "distilled_8x",
+                        tmp_path)["updates"] == 500
     done.write_text(json.dumps({"updates": 500, "settings": training_settings(flags)}))
     assert recipe.train(tmp_path / "data-bin", done.parent, flags, "distilled_8x",
                         tmp_path)["updates"] == 500  # recorded before teachers were

@@ -68,6 +68,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     # not reused as a student of this one
     recorded = json.loads((student / "train.json").read_text())["settings"]["teacher sha256"]
     teacher = hashlib.sha256((results / "teacher" / "checkpoint_best.pt").read_bytes())
+    assert recorded != teacher.hexdigest()[:16], "the resumed teacher did not change"
     other = run_recipe(command, timeout=300)
     assert other.returncode == 1 and other.stderr.strip().splitlines()[-1] == (
         f"error: {student} was trained with other settings (teacher sha256 {recorded} → "
