@@ -47,8 +47,7 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("$ " + shlex.join(command))  # quoted as a shell needs it: '(0.9, 0.98)'
     started = time.perf_counter()
-    budget = next((command[i + 1] for i in range(len(command) - 2, -1, -1)
-                   if command[i] == "--max-update"), "?")  # argparse keeps the last value
+    budget = flag_values(command).get("--max-update") or "?"
     process = subprocess.Popen(command, stdin=subprocess.PIPE if stdin is not None else None,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr: List[str] = []
@@ -159,15 +158,29 @@ WHERE_NOT_WHAT = {"--user-dir", "--teacher-path", "--finetune-from-model", "--cp
                   "--fp16-scale-window", "--save-dir"}
 
 
-def training_settings(flags: List[str]) -> Dict[str, str]:
-    """``flags`` as option → value, the last value winning (as argparse's), without the options
-    of ``WHERE_NOT_WHAT``: what a finished training is compared by before it is reused."""
-    settings: Dict[str, str] = {}
+def flag_values(flags: Sequence[str]) -> Dict[str, str]:
+    """``flags`` as option → value, the last value winning (as argparse's); "" for a switch."""
+    values: Dict[str, str] = {}
     for index, flag in enumerate(flags):
         if flag.startswith("--"):
             value = flags[index + 1] if index + 1 < len(flags) else ""
-            settings[flag] = "" if value.startswith("--") else value
-    return {key: value for key, value in settings.items() if key not in WHERE_NOT_WHAT}
+            values[flag] = "" if value.startswith("--") else value
+    return values
+
+
+def training_settings(flags: List[str]) -> Dict[str, str]:
+    """``flag_values`` without the options of ``WHERE_NOT_WHAT``: what a finished training is
+    compared by before it is reused."""
+    return {key: value for key, value in flag_values(flags).items() if key not in WHERE_NOT_WHAT}
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read a block at a time (a teacher checkpoint is 100+ MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 #: the options naming the checkpoint a training starts from (a student's teacher, a continued one)
@@ -178,15 +191,11 @@ def starting_checkpoint(flags: List[str]) -> Dict[str, str]:
     """``{"teacher sha256": the first 16 hex digits}`` of the checkpoint ``flags`` start from,
     when it exists: where that file lives does not matter (``WHERE_NOT_WHAT``), what it holds
     does, so a student finished against one teacher is not reused for another."""
-    path = next((flags[i + 1] for i in range(len(flags) - 2, -1, -1) if flags[i] in STARTS_FROM),
-                None)
-    if path is None or not Path(path).is_file():
+    values = flag_values(flags)
+    path = next((values[flag] for flag in STARTS_FROM if flag in values), None)
+    if not path or not Path(path).is_file():
         return {}
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"teacher sha256": digest.hexdigest()[:16]}
+    return {"teacher sha256": file_sha256(Path(path))[:16]}
 
 
 def refuse_other_settings(done: Path, settings: Dict[str, str]) -> Dict:

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from examples.multi30k.commands import (
     device_flags,
     fairseq_tool,
+    file_sha256,
     refuse_other_settings,
     run,
     starting_checkpoint,
@@ -143,11 +144,9 @@ def prepare(args, profile: Profile, results: Path, shipped: Optional[Path] = Non
 def verify_shipped_teacher(shipped: Path) -> None:
     """Check every shipped file's SHA-256 against the one recorded when it was made: a corrupted
     or swapped teacher, sentencepiece model or dictionary is refused before anything uses it."""
-    import hashlib
-
     for line in (shipped / "SHA256SUMS").read_text().splitlines():
         expected, name = line.split()
-        found = hashlib.sha256((shipped / name).read_bytes()).hexdigest()
+        found = file_sha256(shipped / name)
         if found != expected:
             raise SystemExit(f"{shipped / name}: SHA-256 {found} differs from the recorded "
                              f"{expected}; restore the file (git checkout) or pass --train-teacher")
