@@ -38,20 +38,19 @@ class Profile:
 
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
             "distilled_16x", "distilled_32x", "distilled_output_kd_8x", "tensor_train_8x",
-            "adaptive_8x", "adaptive_16x", "teacher_int8", "teacher_int4", "teacher_int2",
-            "distilled_8x_ptq_int8", "distilled_8x_ptq_int4", "distilled_16x_ptq_int8",
-            "teacher_continued"]
+            "adaptive_8x", "adaptive_16x", "teacher_int8", "teacher_int4", "teacher_int3",
+            "teacher_int2", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
+            "distilled_16x_ptq_int8", "teacher_continued"]
 MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
              "teacher_continued"]
 #: WikiText-2: the students, every baseline a user would try first, and the post-training rows,
 #: in the order they run: the byte frontier first (the teacher's E in codes, 8x, 16x, the
 #: students' f(U) in codes), then the rest of the rows that fit the cpu budget, then the
 #: from-scratch rows (hours each on 2 cores)
-WIKITEXT_ROWS = ["teacher_int8", "teacher_int4", "teacher_int2", "distilled_8x", "distilled_16x",
-                 "distilled_8x_ptq_int8", "distilled_8x_ptq_int4", "distilled_16x_ptq_int8",
-                 "teacher_continued", "svd_linear_8x",
-                 "distilled_4x", "distilled_32x", "tensor_train_8x", "adaptive_8x", "adaptive_16x",
-                 "smaller_dim"]
+WIKITEXT_ROWS = ["teacher_int8", "teacher_int4", "teacher_int3", "teacher_int2", "distilled_8x",
+                 "distilled_16x", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
+                 "distilled_16x_ptq_int8", "teacher_continued", "svd_linear_8x", "distilled_4x",
+                 "distilled_32x", "tensor_train_8x", "adaptive_8x", "adaptive_16x", "smaller_dim"]
 PROFILES = {
     "ci": Profile(
         max_sentences=400, vocab_size=500, dim=64, layers=2, heads=2,
@@ -156,7 +155,7 @@ class PostTrainingRow:
 
 POST_TRAINING_ROWS = {row.name: row for row in [
     PostTrainingRow("teacher_int8", "teacher", 8), PostTrainingRow("teacher_int4", "teacher", 4),
-    PostTrainingRow("teacher_int2", "teacher", 2),
+    PostTrainingRow("teacher_int3", "teacher", 3), PostTrainingRow("teacher_int2", "teacher", 2),
     PostTrainingRow("distilled_8x_ptq_int8", "distilled_8x", 8),
     PostTrainingRow("distilled_8x_ptq_int4", "distilled_8x", 4),
     PostTrainingRow("distilled_16x_ptq_int8", "distilled_16x", 8)]}

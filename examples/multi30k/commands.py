@@ -41,8 +41,9 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     (``S-5``/``D-5``), making whole sentences look dropped from fairseq-generate's output. stdout
     is written to the log as it arrives, and each of fairseq-train's own progress lines is echoed
     as one short line (stage, update against the budget, loss), so a long stage is not silent.
-    A resumed stage appends to its log after a header line instead of replacing it: a teacher
-    trained over several runs keeps its whole valid curve in one file.
+    A stage run again (resumed, or retrained after its outputs were moved away) appends to its log
+    after a ``# run again`` header line instead of replacing it: a teacher trained over several
+    runs keeps its whole valid curve in one file.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("$ " + shlex.join(command))  # quoted as a shell needs it: '(0.9, 0.98)'
@@ -59,7 +60,7 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     stdout = []
     with open(log_path, "a") as log:
         if log.tell():
-            log.write(f"\n# resumed {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
+            log.write(f"\n# run again {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
         for line in process.stdout:
             stdout.append(line)
             log.write(line)

@@ -61,7 +61,7 @@ def test_ci_profile_runs_every_stage_and_writes_the_table(multi30k_corpus, tmp_p
     (results / "teacher" / "train.json").unlink()
     third = run_recipe(command + ["--rows"], timeout=300)  # the teacher alone
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
-    first_run, resumed = (results / "logs" / "teacher.train.log").read_text().split("\n# resumed ")
+    first_run, resumed = (results / "logs" / "teacher.train.log").read_text().split("\n# run again ")
     assert "No existing checkpoint found" in first_run  # the first run's log is kept, not replaced
     assert "loaded checkpoint" in resumed.lower()
     # fairseq's restore trained it one update more (13/12): a student of the teacher it was is
