@@ -18,34 +18,28 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import load_recipe
 from examples.multi30k.commands import log_like_fairseq_cli
 from fairseq_distilled_emb.checkpoints import load_checkpoint, save_checkpoint
+from fairseq_distilled_emb.factorization import relative_error, truncated_svd_factors
 
 #: the tied embedding's two names in a stock transformer_lm checkpoint (one tensor)
 TIED_KEYS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
 
 
-def truncated(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    """The best rank-``rank`` approximation of ``matrix`` in Frobenius norm (Eckart-Young)."""
-    left, values, right = torch.linalg.svd(matrix.double(), full_matrices=False)
-    return ((left[:, :rank] * values[:rank]) @ right[:rank]).to(matrix.dtype)
-
-
 def with_rank(teacher: Path, rank: int, out: Path) -> float:
-    """Write the teacher with its tied E truncated to ``rank`` to ``out``; return the relative
-    Frobenius error of the truncation."""
+    """Write the teacher with its tied E replaced by the best rank-``rank`` approximation (the
+    product of the students' SVD factors) to ``out``; return its relative Frobenius error."""
     state = load_checkpoint(teacher)
     matrix = state["model"][TIED_KEYS[0]]
-    approximation = truncated(matrix, rank)
+    left, right = truncated_svd_factors(matrix, rank)
+    approximation = (left @ right).to(matrix.dtype)
     for key in TIED_KEYS:
         if key in state["model"]:
             state["model"][key] = approximation
     state.pop("last_optimizer_state", None)
     save_checkpoint(state, out, force=True)
-    return float((approximation - matrix).norm() / matrix.norm())
+    return relative_error(matrix, approximation)
 
 
 def main():
