@@ -25,29 +25,30 @@ COLUMNS = (
 )
 
 
-def versus_teacher(rows: Dict[str, Dict]) -> Dict[str, Dict]:
-    """Each row with its embedding bytes and perplexity relative to the teacher's row."""
+def versus_teacher(rows: Dict[str, Dict], teacher_embedding_bytes: int) -> Dict[str, Dict]:
+    """Each row with its embedding bytes relative to the teacher's fp32 E (from its shape: a run
+    of from-scratch rows alone has no teacher row) and its perplexity relative to the teacher's
+    row, where there is one."""
     teacher = rows.get("teacher", {})
     compared = {}
     for name, row in rows.items():
         row = dict(row)
-        if teacher.get("embedding_bytes") and row.get("embedding_bytes"):
-            row["embedding_fewer"] = round(teacher["embedding_bytes"]
-                                                 / row["embedding_bytes"], 2)
+        if row.get("embedding_bytes"):
+            row["embedding_fewer"] = round(teacher_embedding_bytes / row["embedding_bytes"], 2)
         if teacher.get("perplexity") and row.get("perplexity"):
             row["ppl_vs_teacher"] = round(row["perplexity"] / teacher["perplexity"], 3)
         compared[name] = row
     return compared
 
 
-def markdown_table(rows: Dict[str, Dict]) -> str:
+def markdown_table(rows: Dict[str, Dict], teacher_embedding_bytes: int) -> str:
     """The perplexity table (cells formatted as benchmarks/report.py formats the BLEU table); the
     valid column only where rows were scored on valid (the WikiText-2 profiles)."""
     columns = [(key, title) for key, title in COLUMNS if key != "valid_perplexity"
                or any(row.get(key) is not None for row in rows.values())]
     lines = ["| " + " | ".join(title for _, title in columns) + " |",
              "|" + "---|" * len(columns)]
-    for name, row in versus_teacher(rows).items():
+    for name, row in versus_teacher(rows, teacher_embedding_bytes).items():
         values = {**row, "row": name}
         lines.append("| " + " | ".join(report.cell(key, values.get(key)) for key, _ in columns)
                      + " |")
@@ -66,7 +67,7 @@ def write_report(results: Path, rows: Dict[str, Dict], meta: Dict) -> str:
         f"# {'WikiText-2' if wikitext else 'Multi30k English'} language modeling "
         f"({meta['profile']} profile, {meta['device']})",
         meta.get("notes", ""),
-        markdown_table(rows),
+        markdown_table(rows, 4 * meta['vocab'] * meta['dim']),
         f"Perplexity: `fairseq-eval-lm` {counted}; vocabulary {meta['vocab']:,} symbols, "
         f"d={meta['dim']}. Embedding bytes as stored (fp32, or the int codes with their fp16 "
         "scales and W for the post-training rows) against the teacher's fp32 E. "

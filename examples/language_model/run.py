@@ -141,14 +141,25 @@ def dictionary_size(data_bin: Path) -> int:
     return 4 + sum(1 for _ in open(data_bin / "dict.txt", encoding="utf-8"))
 
 
-def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Path,
-              teacher_total: Optional[int]) -> List[str]:
+#: rows trained from scratch with the teacher's recipe: sized from the teacher's shape, so they
+#: need nothing of its file and run without its (hours-long) stage
+FROM_SCRATCH = ("dense", "adaptive")
+
+
+def needs_teacher(rows: List[str]) -> bool:
+    """Whether any of ``rows`` starts from the teacher (a student, a post-training export of the
+    teacher or of a student, the teacher trained on)."""
+    return any(row in POST_TRAINING_ROWS or ROWS[row].kind not in FROM_SCRATCH for row in rows)
+
+
+def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Optional[Path]) -> List[str]:
     """The fairseq-train flags of one row: a student of ``teacher``, a narrower dense LM with the
-    ``compression``x student's total parameters (``teacher_total``: the teacher's parameter
-    count as its training logged it; only the dense rows read it), a stock adaptive-input LM with
-    the student's embedding parameters, or the teacher trained on with the students' schedule."""
+    ``compression``x student's total parameters (the teacher's counted from its shape, as
+    fairseq counts them), a stock adaptive-input LM with the student's embedding parameters, or
+    the teacher trained on with the students' schedule."""
     spec = ROWS[row]
     if spec.kind == "dense":
+        teacher_total = dense_size.transformer_lm_params(vocab, profile.dim, profile.layers)
         target = recipe.dense_target_params(teacher_total, vocab, profile.dim, spec.compression)
         width = dense_size.matching_lm_width(vocab, profile.layers, profile.heads, target)
         return teacher_flags(profile, args, dim=width)
@@ -203,10 +214,11 @@ def post_training_row(row: str, base: Dict, base_checkpoint: Path, data_bin: Pat
             **measured, "description": spec.description, "updates": 0, "train_seconds": 0}
 
 
-def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt: Path,
-             rows: Dict[str, Dict]) -> Dict[str, Dict]:
-    """Every requested row into ``rows`` (which holds the teacher's); a post-training row runs
-    the row it exports first when that was not requested before it."""
+def run_rows(args, profile: Profile, results: Path, data_bin: Path,
+             teacher_ckpt: Optional[Path], rows: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Every requested row into ``rows`` (which holds the teacher's, unless only from-scratch
+    rows were asked for); a post-training row runs the row it exports first when that was not
+    requested before it."""
     vocab = dictionary_size(data_bin)
 
     def trained(row: str) -> Dict:
@@ -220,8 +232,7 @@ def run_rows(args, profile: Profile, results: Path, data_bin: Path, teacher_ckpt
             return rows[row]
         save_dir = results / "rows" / row
         spec = ROWS[row]
-        flags = row_flags(row, profile, args, vocab, teacher_ckpt,
-                          rows["teacher"].get("total_params"))
+        flags = row_flags(row, profile, args, vocab, teacher_ckpt)
         summary = train(data_bin, save_dir, flags, row, results)
         if spec.kind == "adaptive":
             summary["embedding_params"] = adaptive_embedding(vocab, profile.dim,
@@ -271,16 +282,21 @@ def main(argv=None):
     results.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data_bin = corpora.prepare(args, profile, results)
-    teacher_dir = results / "teacher"
-    teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher", results)
-    teacher_ckpt = teacher_dir / "checkpoint_best.pt"
-    teacher_scores = scores(data_bin, teacher_ckpt, teacher_dir, results, args, profile,
-                            "teacher")
     vocab = dictionary_size(data_bin)
-    rows = {"teacher": {**teacher_summary, **teacher_scores,
-                        "embedding_params": vocab * profile.dim,
-                        "embedding_bytes": 4 * vocab * profile.dim,
-                        "description": TEACHER_DESCRIPTION}}
+    rows, teacher_ckpt = {}, None
+    if needs_teacher(args.rows or profile.rows):
+        teacher_dir = results / "teacher"
+        teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher",
+                                results)
+        teacher_ckpt = teacher_dir / "checkpoint_best.pt"
+        teacher_scores = scores(data_bin, teacher_ckpt, teacher_dir, results, args, profile,
+                                "teacher")
+        rows["teacher"] = {**teacher_summary, **teacher_scores,
+                           "embedding_params": vocab * profile.dim,
+                           "embedding_bytes": 4 * vocab * profile.dim,
+                           "description": TEACHER_DESCRIPTION}
+    else:
+        logger.info("only from-scratch rows asked for: the teacher stage is not run")
     rows = run_rows(args, profile, results, data_bin, teacher_ckpt, rows)
     test_sentences = sum(1 for _ in open(results / "data" / "test.raw.en", encoding="utf-8"))
     meta = {"profile": args.profile, "corpus": profile.corpus, "notes": profile.notes,

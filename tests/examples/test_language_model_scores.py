@@ -58,10 +58,17 @@ def test_rows_are_scored_on_valid_where_the_profile_says(monkeypatch, tmp_path, 
 def test_the_valid_column_appears_only_when_a_row_was_scored_on_valid():
     rows = {"teacher": {"perplexity": 132.7, "valid_perplexity": 135.01},
             "distilled_8x": {"perplexity": 150.0, "valid_perplexity": None}}
-    header, _, teacher, student = perplexity_table.markdown_table(rows).splitlines()
+    header, _, teacher, student = perplexity_table.markdown_table(rows, 4 * 1000 * 64).splitlines()
     assert "| total params | valid ppl | test ppl | × teacher ppl |" in header
     assert "| – | 135.01 | 132.70 | 1.00 |" in teacher
     assert "| – | – | 150.00 | 1.13 |" in student
     without = {name: {"perplexity": row["perplexity"]} for name, row in rows.items()}
     assert "| total params | test ppl | × teacher ppl |" in perplexity_table.markdown_table(
-        without).splitlines()[0]
+        without, 4 * 1000 * 64).splitlines()[0]
+
+
+def test_a_run_of_from_scratch_rows_alone_counts_bytes_against_the_teachers_shape():
+    rows = {"adaptive_8x": {"embedding_bytes": 4 * 1039680, "perplexity": 140.0}}
+    compared = perplexity_table.versus_teacher(rows, 4 * 33280 * 256)
+    assert compared["adaptive_8x"]["embedding_fewer"] == 8.19
+    assert "ppl_vs_teacher" not in compared["adaptive_8x"]

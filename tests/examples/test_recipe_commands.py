@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks.common import load_recipe
-from examples import dense_size
 from examples.multi30k.commands import merge_flags
 
 TRANSLATION_VOCAB, LM_VOCAB = 8008, 4008  # the recipes' joined / English dictionaries
@@ -50,12 +49,11 @@ def language_model_commands(lm, profile_name, args):
     sentencepiece vocabulary has no adaptive input as small as the 16x student)."""
     profile = lm.with_overrides(lm.PROFILES[profile_name], args)
     vocab = WIKITEXT2_VOCAB if profile.corpus == "wikitext2" else LM_VOCAB
-    teacher_total = dense_size.transformer_lm_params(vocab, profile.dim, profile.layers)
     flags = {"teacher": lm.teacher_flags(profile, args)}
     for row in lm.ALL_ROWS:
         adaptive = row in lm.ROWS and lm.ROWS[row].kind == "adaptive"
         if row not in lm.POST_TRAINING_ROWS and (profile.corpus == "wikitext2" or not adaptive):
-            flags[row] = lm.row_flags(row, profile, args, vocab, "teacher.pt", teacher_total)
+            flags[row] = lm.row_flags(row, profile, args, vocab, "teacher.pt")
     return {name: lm.recipe.train_command(Path("data-bin"), Path("rows") / name, row_flags)
             for name, row_flags in flags.items()}
 
