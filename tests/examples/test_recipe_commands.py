@@ -171,3 +171,11 @@ def test_decoding_export_and_sequence_kd_commands_carry_each_flag_once(monkeypat
     assert len(commands) == 15
     assert {name: repeated(command) for name, command in commands.items()
             if repeated(command)} == {}
+
+
+def test_only_rows_that_start_from_the_teacher_run_its_stage():
+    lm = load_recipe("language_model")
+    assert not lm.needs_teacher(["adaptive_8x", "adaptive_16x", "smaller_dim"])
+    for row in ["distilled_8x", "svd_linear_8x", "teacher_continued", "teacher_int4",
+                "distilled_8x_ptq_int8"]:
+        assert lm.needs_teacher(["adaptive_8x", "smaller_dim", row]), row
