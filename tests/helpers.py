@@ -365,3 +365,16 @@ def check_recipe_bleu(results, rows, references, target):
         hypotheses = (out_dir / f"test.hyp.{target}").read_text(encoding="utf-8").splitlines()
         assert len(hypotheses) == len(references)
         assert row["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
+
+
+def preprocess_english(spm_corpus, destdir, *extra):
+    """``fairseq-preprocess --only-source`` of the corpus's English side: a language model's
+    data-bin (dict.txt + train/valid/test)."""
+    run_fairseq(
+        "preprocess", "--only-source",
+        "--trainpref", spm_corpus.path("train", "en"),
+        "--validpref", spm_corpus.path("valid", "en"),
+        "--testpref", spm_corpus.path("test", "en"),
+        "--destdir", destdir, "--workers", "1", *extra, timeout=300,
+    )
+    return destdir

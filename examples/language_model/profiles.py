@@ -40,7 +40,8 @@ ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x"
             "distilled_16x", "distilled_32x", "distilled_output_kd_8x", "tensor_train_8x",
             "adaptive_8x", "adaptive_16x", "teacher_int8", "teacher_int4", "teacher_int3",
             "teacher_int2", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
-            "distilled_16x_ptq_int8", "teacher_continued"]
+            "distilled_16x_ptq_int8", "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4",
+            "adaptive_16x_ptq_int8", "adaptive_16x_ptq_int4", "teacher_continued"]
 MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
              "teacher_continued"]
 #: WikiText-2: the students, every baseline a user would try first, and the post-training rows,
@@ -50,7 +51,9 @@ MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "di
 WIKITEXT_ROWS = ["teacher_int8", "teacher_int4", "teacher_int3", "teacher_int2", "distilled_8x",
                  "distilled_16x", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
                  "distilled_16x_ptq_int8", "teacher_continued", "svd_linear_8x", "distilled_4x",
-                 "distilled_32x", "tensor_train_8x", "adaptive_8x", "adaptive_16x", "smaller_dim"]
+                 "distilled_32x", "tensor_train_8x", "adaptive_8x", "adaptive_16x",
+                 "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4", "adaptive_16x_ptq_int8",
+                 "adaptive_16x_ptq_int4", "smaller_dim"]
 PROFILES = {
     "ci": Profile(
         max_sentences=400, vocab_size=500, dim=64, layers=2, heads=2,
@@ -88,7 +91,8 @@ PROFILES = {
         tokens_per_sample=64, context_window=32,
         teacher_train=["--lr", "2e-3", "--warmup-updates", "5", "--max-update", "12"],
         student_train=["--lr", "5e-4", "--warmup-updates", "2", "--max-update", "4"],
-        rows=["distilled_8x", "adaptive_8x", "teacher_int4", "distilled_8x_ptq_int8"],
+        rows=["distilled_8x", "adaptive_8x", "teacher_int4", "distilled_8x_ptq_int8",
+              "adaptive_8x_ptq_int8"],
         max_tokens=2048,
         notes="CI profile: the first 300 lines of each WikiText-2 split, 1,000 words; "
         "perplexities are meaningless here.",
@@ -149,7 +153,8 @@ class PostTrainingRow:
 
     @property
     def description(self) -> str:
-        what = "teacher's E" if self.base == "teacher" else f"{self.base}'s f(U)"
+        what = ("teacher's E" if self.base == "teacher" else f"{self.base}'s bands"
+                if self.base.startswith("adaptive") else f"{self.base}'s f(U)")
         return f"the {what} in int{self.bits} codes, post-training (no training)"
 
 
@@ -158,7 +163,12 @@ POST_TRAINING_ROWS = {row.name: row for row in [
     PostTrainingRow("teacher_int3", "teacher", 3), PostTrainingRow("teacher_int2", "teacher", 2),
     PostTrainingRow("distilled_8x_ptq_int8", "distilled_8x", 8),
     PostTrainingRow("distilled_8x_ptq_int4", "distilled_8x", 4),
-    PostTrainingRow("distilled_16x_ptq_int8", "distilled_16x", 8)]}
+    PostTrainingRow("distilled_16x_ptq_int8", "distilled_16x", 8),
+    # a user's own alternative beyond 16x: stock adaptive input, its bands in codes
+    PostTrainingRow("adaptive_8x_ptq_int8", "adaptive_8x", 8),
+    PostTrainingRow("adaptive_8x_ptq_int4", "adaptive_8x", 4),
+    PostTrainingRow("adaptive_16x_ptq_int8", "adaptive_16x", 8),
+    PostTrainingRow("adaptive_16x_ptq_int4", "adaptive_16x", 4)]}
 TEACHER_DESCRIPTION = "dense teacher (stock transformer_lm_gpt shape, tied embedding)"
 # β of the embedding-distillation term, chosen on valid perplexity for the LM students
 # (benchmarks/results/schedule-sweep-lm-demo/: β 0 / 0.1 / 1 -> 34.94 / 35.07 / 36.29 at 300

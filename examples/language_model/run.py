@@ -148,8 +148,11 @@ FROM_SCRATCH = ("dense", "adaptive")
 
 def needs_teacher(rows: List[str]) -> bool:
     """Whether any of ``rows`` starts from the teacher (a student, a post-training export of the
-    teacher or of a student, the teacher trained on)."""
-    return any(row in POST_TRAINING_ROWS or ROWS[row].kind not in FROM_SCRATCH for row in rows)
+    teacher or of a student, the teacher trained on); a post-training export of a from-scratch
+    row (adaptive input's bands in codes) does not."""
+    return any(row == "teacher" or (needs_teacher([POST_TRAINING_ROWS[row].base])
+                                    if row in POST_TRAINING_ROWS
+                                    else ROWS[row].kind not in FROM_SCRATCH) for row in rows)
 
 
 def row_flags(row: str, profile: Profile, args, vocab: int, teacher: Optional[Path]) -> List[str]:

@@ -14,6 +14,7 @@ import torch
 
 from fairseq_distilled_emb.checkpoints import saved_arch, set_saved_arch, tensor_identity
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.models.transformer_lm_int_codes import ARCH as INT_CODES_LM
 from fairseq_distilled_emb.modules import (
     FactorizedEmbedding,
     QuantizedEmbedding,
@@ -24,6 +25,7 @@ from fairseq_distilled_emb.modules.int8_linear import quantize_weight
 from fairseq_distilled_emb.quantization import RESCALABLE_ACTIVATIONS, check_bits
 
 TIED_OUTPUT = "decoder.output_projection"
+ADAPTIVE_BANDS = "decoder.embed_tokens.embeddings."
 
 
 def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: int,
@@ -37,6 +39,8 @@ def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: i
     check_bits(bits)
     scale_format = scale_format or model_cfg.get("embedding_scale_format") or "fp16"
     options = {"scale_format": scale_format, "tail_bits": tail_bits, "head_rows": head_rows}
+    if adaptive_input_bands(model):
+        return quantize_adaptive_input(model, model_cfg, bits, options, w_fp16)
     if compressed_keys(model):
         groups, rank = _factor_groups(model, model_cfg, bits, options)
     else:
@@ -112,6 +116,41 @@ def _dense_groups(model, bits, options) -> List:
     return groups
 
 
+def adaptive_input_bands(model: Dict[str, torch.Tensor]) -> List[str]:
+    """The band prefixes (``decoder.embed_tokens.embeddings.<i>.0``) of fairseq's
+    ``AdaptiveInput``, each band's table stored as ``.weight`` or already as codes."""
+    bands = {key.rsplit(".", 1)[0] for key in model if key.startswith(ADAPTIVE_BANDS)
+             and key.count(".") == ADAPTIVE_BANDS.count(".") + 2 and key.split(".")[-2] == "0"}
+    return sorted(bands, key=lambda prefix: int(prefix.split(".")[-2]))
+
+
+def quantize_adaptive_input(model, model_cfg, bits, options, w_fp16) -> dict:
+    """An adaptive-input LM with each band's table as per-row codes, stored once: the adaptive
+    softmax's copies of the tables it ties to (its head and tail word projections) are dropped and
+    re-tied on load by ``transformer_lm_int_codes``; the band projections stay float."""
+    bands = adaptive_input_bands(model)
+    if any(QuantizedEmbedding.owns_key(key) for key in model):
+        raise DistilledEmbeddingError(
+            "--embedding-bits: this adaptive-input checkpoint's bands are already integer codes; "
+            "quantize the training checkpoint it was exported from instead")
+    for flag, value in (("--embedding-tail-bits", options["tail_bits"]),
+                        ("--embedding-w-fp16", w_fp16 or None)):
+        if value is not None:
+            raise DistilledEmbeddingError(
+                f"{flag}: this checkpoint has adaptive input (fairseq's --adaptive-input), whose "
+                "bands already give rarer words narrower rows and have no W; drop the flag")
+    quantized = dict(model)
+    for prefix in bands:
+        table = model[f"{prefix}.weight"]
+        for key in [key for key, value in model.items()
+                    if tensor_identity(value) == tensor_identity(table)]:
+            quantized.pop(key)
+        module = QuantizedEmbedding.from_dense(table, bits, **options)
+        quantized.update({f"{prefix}.{name}": value for name, value in module.state_dict().items()})
+    set_saved_arch(model_cfg, INT_CODES_LM)
+    return quantized
+
+
 def _quantized_model_config(model_cfg: dict, bits: int, rank, options: dict):
     """The ``distilled_*`` architecture of the model's family, with the ``quantized`` kind."""
     from fairseq.models import ARCH_MODEL_REGISTRY
@@ -139,6 +178,10 @@ def int8_body(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:
     """``model`` with every Linear weight of the encoder/decoder layers (the 2-D ``.weight``
     tensors under ``.layers.``) stored as int8 codes and per-row scales (:class:`Int8Linear`)."""
     arch = saved_arch(model_cfg)
+    if arch == INT_CODES_LM:
+        raise DistilledEmbeddingError(
+            "--int8-body: an adaptive-input language model's layers stay float (the plugin's int8 "
+            "layers are built by its distilled_* architectures only); drop --int8-body")
     if not arch.startswith("distilled_"):
         raise DistilledEmbeddingError(
             f"--int8-body: {arch!r} is a stock architecture, which has no int8 layers; add "

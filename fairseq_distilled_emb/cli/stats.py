@@ -7,7 +7,11 @@ from typing import Dict
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.export import count_bytes, count_parameters, to_plain
+from fairseq_distilled_emb.cli.quantized_export import adaptive_input_bands
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
+
+#: the modules of an adaptive-input LM's embedding (its input bands and the tied adaptive softmax)
+ADAPTIVE_MODULES = ("decoder.embed_tokens.", "decoder.adaptive_softmax.")
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser):
@@ -23,6 +27,8 @@ def add_rank_arguments(parser: argparse.ArgumentParser):
 
 def embedding_summary(model: Dict, model_cfg) -> Dict:
     """Embedding vs. other parameters, with the size and ratio of a compressed embedding."""
+    if adaptive_input_bands(model):
+        return adaptive_input_summary(model)
     compressed = compressed_keys(model)
     embedding_keys = [k for k in model if k.endswith("embed_tokens.weight") or k in compressed
                       or k.startswith("decoder.output_projection")]
@@ -49,6 +55,33 @@ def embedding_summary(model: Dict, model_cfg) -> Dict:
         summary["fp32_embedding_bytes"] = 4 * factorization.dense_embedding_params(
             summary["vocab"], summary["dim"])
     return summary
+
+
+def adaptive_input_summary(model: Dict) -> Dict:
+    """fairseq's adaptive input and the adaptive softmax tied to it, as the embedding: its bands'
+    tables (float or integer codes), their projections and the head's cluster vectors, counted
+    against the V×d fp32 E a dense tied model of the same width would store."""
+    embedding_keys = [k for k in model if k.startswith(ADAPTIVE_MODULES)
+                      and not k.endswith(("_float_tensor", ".version"))]
+    bands = adaptive_input_bands(model)
+    shapes = [tuple(int(v) for v in model[f"{prefix}.code_shape"][:2])
+              if f"{prefix}.code_shape" in model else tuple(model[f"{prefix}.weight"].shape)
+              for prefix in bands]
+    bits = {int(model[f"{prefix}.code_shape"][2]) for prefix in bands
+            if f"{prefix}.code_shape" in model}
+    vocab = sum(rows for rows, _ in shapes)
+    dim = model[f"{bands[0][:-len('.0')]}.1.weight"].shape[0]  # band 0's projection: width → d
+    embedding = count_parameters({k: model[k] for k in embedding_keys})
+    total = count_parameters(model)
+    stored = count_bytes({k: model[k] for k in embedding_keys})
+    fp32 = 4 * factorization.dense_embedding_params(vocab, dim)
+    size = (f"adaptive input, {len(bands)} bands of {'/'.join(str(rows) for rows, _ in shapes)} "
+            f"words, widths {'/'.join(str(width) for _, width in shapes)}"
+            + (f", in int{bits.pop()} codes" if bits else ""))
+    return {"total_params": total, "embedding_params": embedding, "other_params": total - embedding,
+            "size": size, "vocab": vocab, "dim": dim, "embedding_bytes": stored,
+            "compression": fp32 / stored if stored else None, "fp32_embedding_bytes": fp32,
+            "tensor_bytes": count_bytes(model)}
 
 
 def model_config(state) -> Dict:

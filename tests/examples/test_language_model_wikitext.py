@@ -1,7 +1,7 @@
 """The language-model recipe's WikiText-2 profile, CI-sized (the first 300 lines of each split of
 ../shared's WikiText-2, or a generated WikiText-style corpus): word level through
 fairseq-preprocess, the teacher, an 8x student, the adaptive-input row at the student's embedding
-bytes and two post-training rows, each scored by fairseq-eval-lm with a context window."""
+bytes and three post-training rows (the teacher's E, the student's f(U), adaptive input's bands), each scored by fairseq-eval-lm with a context window."""
 
 import gzip
 import json
@@ -35,7 +35,7 @@ def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path):
     saved = json.loads((results / "results.json").read_text())
     rows = saved["rows"]
     assert list(rows) == ["teacher", "distilled_8x", "adaptive_8x", "teacher_int4",
-                          "distilled_8x_ptq_int8"]
+                          "distilled_8x_ptq_int8", "adaptive_8x_ptq_int8"]
 
     # word level: the 996 most frequent training words (+4 specials), no subword pieces
     with gzip.open(wikitext_dir / "wiki.train.tokens.gz", "rt", encoding="utf-8") as handle:
@@ -68,6 +68,11 @@ def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path):
     assert rows["teacher_int4"]["embedding_bytes"] == vocab * (dim // 2 + 4) + CODE_SHAPE_BYTES
     assert rows["distilled_8x_ptq_int8"]["embedding_bytes"] == (
         vocab * (rank + 4) + rank * dim * 4 + CODE_SHAPE_BYTES)
+    # adaptive input's bands (21/42/937 words, widths 64/8/1) in int8 codes, the float
+    # projections (width → d) and the head's two cluster vectors
+    assert rows["adaptive_8x_ptq_int8"]["embedding_bytes"] == (
+        21 * (64 + 4) + 42 * (8 + 4) + 937 * (1 + 4) + 3 * CODE_SHAPE_BYTES
+        + 4 * (dim * (64 + 8 + 1) + 2 * dim))
     assert rows["teacher_int4"]["updates"] == 0
     table = (results / "results.md").read_text()
     assert "| total params | test ppl | × teacher ppl |" in table  # not scored on valid here

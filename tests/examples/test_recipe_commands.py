@@ -175,7 +175,8 @@ def test_decoding_export_and_sequence_kd_commands_carry_each_flag_once(monkeypat
 
 def test_only_rows_that_start_from_the_teacher_run_its_stage():
     lm = load_recipe("language_model")
-    assert not lm.needs_teacher(["adaptive_8x", "adaptive_16x", "smaller_dim"])
+    assert not lm.needs_teacher(["adaptive_8x", "adaptive_16x", "smaller_dim",
+                                 "adaptive_16x_ptq_int4"])  # codes of a from-scratch row
     for row in ["distilled_8x", "svd_linear_8x", "teacher_continued", "teacher_int4",
                 "distilled_8x_ptq_int8"]:
         assert lm.needs_teacher(["adaptive_8x", "smaller_dim", row]), row

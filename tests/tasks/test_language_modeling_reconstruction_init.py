@@ -21,6 +21,7 @@ from helpers import (
     hypotheses,
     loaded_model_and_batch,
     parse_log_stats,
+    preprocess_english,
     run_distilled_emb,
     run_fairseq,
 )
@@ -51,17 +52,6 @@ def student_args(data_bin, teacher, save_dir, *extra, max_update=STUDENT_UPDATES
         "--criterion", "label_smoothed_cross_entropy_with_distillation", "--label-smoothing", "0.1",
         *train_common(save_dir, max_update, lr="1e-3"), *extra,
     ]
-
-
-def preprocess_english(spm_corpus, destdir, *extra):
-    run_fairseq(
-        "preprocess", "--only-source",
-        "--trainpref", spm_corpus.path("train", "en"),
-        "--validpref", spm_corpus.path("valid", "en"),
-        "--testpref", spm_corpus.path("test", "en"),
-        "--destdir", destdir, "--workers", "1", *extra, timeout=300,
-    )
-    return destdir
 
 
 # ----------------------------------------------------------------------------- pipeline fixtures
