@@ -35,7 +35,14 @@ import pytest
 from filelock import FileLock
 
 import helpers
-from helpers import PLUGIN_DIR, SHARED_MULTI30K, SHARED_WIKITEXT2, combined_output, run_fairseq
+from helpers import (
+    PLUGIN_DIR,
+    SHARED_MULTI30K,
+    SHARED_WIKITEXT2,
+    combined_output,
+    preprocess_english,
+    run_fairseq,
+)
 
 SOURCE_LANG, TARGET_LANG = "de", "en"
 SPLITS = ("train", "valid", "test")
@@ -319,6 +326,12 @@ def data_bin(spm_corpus, tmp_path_factory) -> Path:
         timeout=300,
     )
     return destdir
+
+
+@session_fixture_built_once
+def lm_data_bin(spm_corpus, tmp_path_factory) -> Path:
+    """``fairseq-preprocess --only-source`` of the English side: a language model's data-bin."""
+    return preprocess_english(spm_corpus, tmp_path_factory.mktemp("lm-data-bin"))
 
 
 # ----------------------------------------------------------------------------- trained checkpoints

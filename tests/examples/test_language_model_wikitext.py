@@ -1,7 +1,8 @@
 """The language-model recipe's WikiText-2 profile, CI-sized (the first 300 lines of each split of
 ../shared's WikiText-2, or a generated WikiText-style corpus): word level through
 fairseq-preprocess, the teacher, an 8x student, the adaptive-input row at the student's embedding
-bytes and three post-training rows (the teacher's E, the student's f(U), adaptive input's bands), each scored by fairseq-eval-lm with a context window."""
+bytes and three post-training rows (the teacher's E, the student's f(U), adaptive input's bands),
+each scored by fairseq-eval-lm with a context window."""
 
 import gzip
 import json

@@ -12,20 +12,16 @@ import torch
 
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.quantization import dequantize_rows, quantize_rows
-from helpers import PLUGIN_DIR, combined_output, preprocess_english, run_distilled_emb, run_fairseq
+from helpers import PLUGIN_DIR, combined_output, run_distilled_emb, run_fairseq
 
 CUTOFFS, FACTOR, DIM = (40, 120), 4, 64  # transformer_lm_gpt2_tiny: d=64 → band widths 64/16/4
 WIDTHS = (64, 16, 4)
 BANDS = [f"decoder.embed_tokens.embeddings.{band}.0" for band in range(3)]
 TIED_COPIES = ("decoder.adaptive_softmax.head.word_proj.weight",
-               "decoder.adaptive_softmax.tail.0.2.weight", "decoder.adaptive_softmax.tail.1.2.weight")
+               "decoder.adaptive_softmax.tail.0.2.weight",
+               "decoder.adaptive_softmax.tail.1.2.weight")
 EVAL_LM = re.compile(r"Loss \(base 2\): [\d.]+, Perplexity: [\d.]+")
 EXPORT = "fairseq-distilled-emb export: error: "
-
-
-@pytest.fixture(scope="module")
-def lm_data_bin(spm_corpus, tmp_path_factory):
-    return preprocess_english(spm_corpus, tmp_path_factory.mktemp("lm-data-bin"))
 
 
 @pytest.fixture(scope="module")

@@ -58,12 +58,6 @@ def student_args(data_bin, teacher, save_dir, *extra, max_update=STUDENT_UPDATES
 
 
 @pytest.fixture(scope="module")
-def lm_data_bin(spm_corpus, tmp_path_factory):
-    """``fairseq-preprocess --only-source`` of the English side: dict.txt + train/valid/test."""
-    return preprocess_english(spm_corpus, tmp_path_factory.mktemp("lm-data-bin"))
-
-
-@pytest.fixture(scope="module")
 def lm_teacher(lm_data_bin, tmp_path_factory):
     """A stock dense transformer_lm_gpt2_tiny with a tied embedding, trained WITHOUT the plugin."""
     save_dir = tmp_path_factory.mktemp("lm-teacher")
