@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Dict, List
 
 import torch
 from omegaconf import DictConfig
@@ -76,6 +77,27 @@ def set_saved_arch(model_cfg: dict, arch: str) -> None:
     for key in ("arch", "_name"):
         if key in model_cfg:
             model_cfg[key] = arch
+
+
+#: where fairseq's ``AdaptiveInput`` keeps its bands: ``<prefix><i>.0`` a table, ``<i>.1`` its
+#: projection to d
+ADAPTIVE_BANDS = "decoder.embed_tokens.embeddings."
+
+
+def adaptive_input_bands(model: Dict[str, torch.Tensor]) -> List[str]:
+    """The band prefixes (``decoder.embed_tokens.embeddings.<i>.0``) of fairseq's
+    ``AdaptiveInput``, each band's table stored as ``.weight`` or as the plugin's integer codes
+    (``.code_shape`` and the rest); empty for any other model. Another storage of the bands (e.g.
+    fairseq's iPQ centroids) is bad input: one error line."""
+    bands = {key.rsplit(".", 1)[0] for key in model if key.startswith(ADAPTIVE_BANDS)
+             and key.count(".") == ADAPTIVE_BANDS.count(".") + 2 and key.split(".")[-2] == "0"}
+    for prefix in bands:
+        if f"{prefix}.weight" not in model and f"{prefix}.code_shape" not in model:
+            raise DistilledEmbeddingError(
+                f"{prefix} (adaptive input) holds neither a float table (.weight) nor the "
+                "plugin's integer codes; pass a checkpoint written by fairseq-train or by "
+                "fairseq-distilled-emb export")
+    return sorted(bands, key=lambda prefix: int(prefix.split(".")[-2]))
 
 
 def tensor_identity(value: torch.Tensor):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import (
+    adaptive_input_bands,
     load_checkpoint,
     save_checkpoint,
     saved_arch,
@@ -154,6 +155,11 @@ def export_state(state: dict, dense: bool = False, fp16: bool = False, bits=None
         )
     model = dict(state["model"])
     stock_training_config(cfg)
+    if (dense or project_in_out) and adaptive_input_bands(model):
+        raise DistilledEmbeddingError(
+            f"{'--dense' if dense else '--project-in-out'}: this is an adaptive-input language "
+            "model, which has no one V×d embedding to write; export it without the flag (its "
+            "bands in integer codes: --embedding-bits B)")
     if dense:
         model = materialise_embeddings(model, cfg["model"])
         dense_model_config(cfg["model"])

@@ -12,7 +12,12 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from fairseq_distilled_emb.checkpoints import saved_arch, set_saved_arch, tensor_identity
+from fairseq_distilled_emb.checkpoints import (
+    adaptive_input_bands,
+    saved_arch,
+    set_saved_arch,
+    tensor_identity,
+)
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.models.transformer_lm_int_codes import ARCH as INT_CODES_LM
 from fairseq_distilled_emb.modules import (
@@ -25,7 +30,6 @@ from fairseq_distilled_emb.modules.int8_linear import quantize_weight
 from fairseq_distilled_emb.quantization import RESCALABLE_ACTIVATIONS, check_bits
 
 TIED_OUTPUT = "decoder.output_projection"
-ADAPTIVE_BANDS = "decoder.embed_tokens.embeddings."
 
 
 def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: int,
@@ -116,14 +120,6 @@ def _dense_groups(model, bits, options) -> List:
     return groups
 
 
-def adaptive_input_bands(model: Dict[str, torch.Tensor]) -> List[str]:
-    """The band prefixes (``decoder.embed_tokens.embeddings.<i>.0``) of fairseq's
-    ``AdaptiveInput``, each band's table stored as ``.weight`` or already as codes."""
-    bands = {key.rsplit(".", 1)[0] for key in model if key.startswith(ADAPTIVE_BANDS)
-             and key.count(".") == ADAPTIVE_BANDS.count(".") + 2 and key.split(".")[-2] == "0"}
-    return sorted(bands, key=lambda prefix: int(prefix.split(".")[-2]))
-
-
 def quantize_adaptive_input(model, model_cfg, bits, options, w_fp16) -> dict:
     """An adaptive-input LM with each band's table as per-row codes, stored once: the adaptive
     softmax's copies of the tables it ties to (its head and tail word projections) are dropped and
@@ -178,7 +174,7 @@ def int8_body(model: Dict[str, torch.Tensor], model_cfg: dict) -> dict:
     """``model`` with every Linear weight of the encoder/decoder layers (the 2-D ``.weight``
     tensors under ``.layers.``) stored as int8 codes and per-row scales (:class:`Int8Linear`)."""
     arch = saved_arch(model_cfg)
-    if arch == INT_CODES_LM:
+    if arch == INT_CODES_LM or adaptive_input_bands(model):
         raise DistilledEmbeddingError(
             "--int8-body: an adaptive-input language model's layers stay float (the plugin's int8 "
             "layers are built by its distilled_* architectures only); drop --int8-body")

@@ -5,13 +5,14 @@ from pathlib import Path
 from typing import Dict
 
 from fairseq_distilled_emb import factorization
-from fairseq_distilled_emb.checkpoints import load_checkpoint
+from fairseq_distilled_emb.checkpoints import adaptive_input_bands, load_checkpoint
 from fairseq_distilled_emb.cli.export import count_bytes, count_parameters, to_plain
-from fairseq_distilled_emb.cli.quantized_export import adaptive_input_bands
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 
-#: the modules of an adaptive-input LM's embedding (its input bands and the tied adaptive softmax)
-ADAPTIVE_MODULES = ("decoder.embed_tokens.", "decoder.adaptive_softmax.")
+#: the modules of an adaptive-input LM's embedding: its input bands, and the adaptive softmax tied
+#: to them or the dense output layer of a model without one
+ADAPTIVE_MODULES = ("decoder.embed_tokens.", "decoder.adaptive_softmax.",
+                    "decoder.output_projection.")
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser):
@@ -74,13 +75,15 @@ def adaptive_input_summary(model: Dict) -> Dict:
     embedding = count_parameters({k: model[k] for k in embedding_keys})
     total = count_parameters(model)
     stored = count_bytes({k: model[k] for k in embedding_keys})
-    fp32 = 4 * factorization.dense_embedding_params(vocab, dim)
+    dense = factorization.dense_embedding_params(vocab, dim)
+    # float bands: parameters against V·d, as the other float kinds; codes: bytes against fp32 E
+    compression = 4 * dense / stored if bits else dense / embedding
     size = (f"adaptive input, {len(bands)} bands of {'/'.join(str(rows) for rows, _ in shapes)} "
             f"words, widths {'/'.join(str(width) for _, width in shapes)}"
-            + (f", in int{bits.pop()} codes" if bits else ""))
+            + (f", in int{min(bits)} codes" if bits else ""))
     return {"total_params": total, "embedding_params": embedding, "other_params": total - embedding,
             "size": size, "vocab": vocab, "dim": dim, "embedding_bytes": stored,
-            "compression": fp32 / stored if stored else None, "fp32_embedding_bytes": fp32,
+            "compression": compression, "fp32_embedding_bytes": 4 * dense,
             "tensor_bytes": count_bytes(model)}
 
 

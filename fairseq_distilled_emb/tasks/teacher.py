@@ -10,7 +10,7 @@ from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from omegaconf import OmegaConf
 
-from fairseq_distilled_emb.checkpoints import config_value, load_checkpoint
+from fairseq_distilled_emb.checkpoints import adaptive_input_bands, config_value, load_checkpoint
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 
@@ -70,6 +70,11 @@ class TeacherCheckpoint:
         """
         path, state = self.path, self.state
         teacher_cfg = state["cfg"]["model"]
+        if adaptive_input_bands(state["model"]):
+            raise DistilledEmbeddingError(
+                f"--teacher-path {path} has adaptive input (fairseq's --adaptive-input): its bands "
+                "are not one V×d embedding to factorize; pass a teacher with a tied dense "
+                "embedding (--share-decoder-input-output-embed)")
         embedding_rows = _teacher_embedding_rows(state["model"], teacher_cfg)
         if embedding_rows is None and not compressed_keys(state["model"]):
             raise DistilledEmbeddingError(

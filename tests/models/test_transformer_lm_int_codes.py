@@ -99,9 +99,46 @@ def test_stats_counts_a_float_adaptive_input_as_fairseq_built_it(lm_data_bin, ad
     vocab = vocabulary(lm_data_bin)
     tables = CUTOFFS[0] * 64 + (CUTOFFS[1] - CUTOFFS[0]) * 16 + (vocab - CUTOFFS[1]) * 4
     params = tables + DIM * sum(WIDTHS) + 2 * DIM
-    stats = run_distilled_emb("stats", adaptive_lm).stdout.splitlines()
+    result = run_distilled_emb("stats", adaptive_lm)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = result.stdout.splitlines()
     assert f"embedding params       {params:,}" in stats
     assert f"embedding compression  {vocab * DIM / params:.2f}x" in stats
+
+
+def test_a_file_with_the_tied_tables_saved_as_copies_exports_the_same_codes(
+        adaptive_lm, tmp_path):
+    """fairseq copies a GPU model's state tensor by tensor: the tables the adaptive softmax ties
+    to arrive as separate copies, which the export must still store once."""
+    state = load_checkpoint(adaptive_lm)
+    state["model"] = {key: value.clone() for key, value in state["model"].items()}
+    copies = tmp_path / "copies.pt"
+    torch.save(state, copies)
+    for name, source in (("direct.pt", adaptive_lm), ("from-copies.pt", copies)):
+        result = run_distilled_emb("export", "--embedding-bits", "4", source, tmp_path / name)
+        assert result.returncode == 0, result.stderr[-2000:]
+    direct, from_copies = (torch.load(tmp_path / name, weights_only=True)["model"]
+                           for name in ("direct.pt", "from-copies.pt"))
+    assert sorted(direct) == sorted(from_copies)
+    assert all(torch.equal(direct[key], from_copies[key]) for key in direct)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "--int8-body: an adaptive-input language model's layers stay float (the plugin's int8 "
+     "layers are built by its distilled_* architectures only); drop --int8-body"),
+    (["--dense"], "--dense: this is an adaptive-input language model, which has no one V×d "
+     "embedding to write; export it without the flag (its bands in integer codes: "
+     "--embedding-bits B)"),
+    (["--project-in-out"], "--project-in-out: this is an adaptive-input language model, which "
+     "has no one V×d embedding to write; export it without the flag (its bands in integer codes: "
+     "--embedding-bits B)"),
+])
+def test_a_float_export_adaptive_input_cannot_take_is_one_error_line(
+        adaptive_lm, tmp_path, flags, message):
+    result = run_distilled_emb("export", *(flags or ["--int8-body"]), adaptive_lm,
+                               tmp_path / "out.pt")
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [EXPORT + message])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -133,3 +170,19 @@ def test_quantizing_the_codes_again_is_one_error_line(adaptive_lm, tmp_path):
         EXPORT + "--embedding-bits: this adaptive-input checkpoint's bands are already integer "
         "codes; quantize the training checkpoint it was exported from instead"])
     assert not (tmp_path / "again.pt").exists()
+
+
+def test_an_adaptive_input_teacher_is_one_error_line(lm_data_bin, adaptive_lm, tmp_path):
+    result = run_fairseq(
+        "train", lm_data_bin, "--user-dir", PLUGIN_DIR,
+        "--task", "language_modeling_reconstruction_init", "--teacher-path", adaptive_lm,
+        "--arch", "distilled_transformer_lm_tiny", "--share-decoder-input-output-embed",
+        "--embedding-compression", "4", "--criterion",
+        "label_smoothed_cross_entropy_with_distillation", "--optimizer", "adam", "--lr", "1e-3",
+        "--max-tokens", "2000", "--tokens-per-sample", "64", "--max-update", "1", "--cpu",
+        "--save-dir", tmp_path / "save", check=False)
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (1, (
+        f"fairseq-train: error: --teacher-path {adaptive_lm} has adaptive input (fairseq's "
+        "--adaptive-input): its bands are not one V×d embedding to factorize; pass a teacher "
+        "with a tied dense embedding (--share-decoder-input-output-embed)"))
+    assert not (tmp_path / "save").exists() or list((tmp_path / "save").iterdir()) == []
