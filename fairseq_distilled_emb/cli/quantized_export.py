@@ -43,8 +43,9 @@ def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: i
     check_bits(bits)
     scale_format = scale_format or model_cfg.get("embedding_scale_format") or "fp16"
     options = {"scale_format": scale_format, "tail_bits": tail_bits, "head_rows": head_rows}
-    if adaptive_input_bands(model):
-        return quantize_adaptive_input(model, model_cfg, bits, options, w_fp16)
+    bands = adaptive_input_bands(model)
+    if bands:
+        return quantize_adaptive_input(model, model_cfg, bands, bits, options, w_fp16)
     if compressed_keys(model):
         groups, rank = _factor_groups(model, model_cfg, bits, options)
     else:
@@ -120,11 +121,11 @@ def _dense_groups(model, bits, options) -> List:
     return groups
 
 
-def quantize_adaptive_input(model, model_cfg, bits, options, w_fp16) -> dict:
-    """An adaptive-input LM with each band's table as per-row codes, stored once: the adaptive
-    softmax's copies of the tables it ties to (its head and tail word projections) are dropped and
-    re-tied on load by ``transformer_lm_int_codes``; the band projections stay float."""
-    bands = adaptive_input_bands(model)
+def quantize_adaptive_input(model, model_cfg, bands, bits, options, w_fp16) -> dict:
+    """An adaptive-input LM with each band's table (``bands``: their prefixes) as per-row codes,
+    stored once: the adaptive softmax's copies of the tables it ties to (its head and tail word
+    projections) are dropped and re-tied on load by ``transformer_lm_int_codes``; the band
+    projections stay float."""
     if any(QuantizedEmbedding.owns_key(key) for key in model):
         raise DistilledEmbeddingError(
             "--embedding-bits: this adaptive-input checkpoint's bands are already integer codes; "

@@ -2,7 +2,7 @@
 
 import argparse
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import adaptive_input_bands, load_checkpoint
@@ -28,8 +28,9 @@ def add_rank_arguments(parser: argparse.ArgumentParser):
 
 def embedding_summary(model: Dict, model_cfg) -> Dict:
     """Embedding vs. other parameters, with the size and ratio of a compressed embedding."""
-    if adaptive_input_bands(model):
-        return adaptive_input_summary(model)
+    bands = adaptive_input_bands(model)
+    if bands:
+        return adaptive_input_summary(model, bands)
     compressed = compressed_keys(model)
     embedding_keys = [k for k in model if k.endswith("embed_tokens.weight") or k in compressed
                       or k.startswith("decoder.output_projection")]
@@ -58,13 +59,13 @@ def embedding_summary(model: Dict, model_cfg) -> Dict:
     return summary
 
 
-def adaptive_input_summary(model: Dict) -> Dict:
+def adaptive_input_summary(model: Dict, bands: List[str]) -> Dict:
     """fairseq's adaptive input and the adaptive softmax tied to it, as the embedding: its bands'
-    tables (float or integer codes), their projections and the head's cluster vectors, counted
-    against the V×d fp32 E a dense tied model of the same width would store."""
+    tables (``bands``: their prefixes; float or integer codes), their projections and the head's
+    cluster vectors, counted against the V×d fp32 E a dense tied model of the same width would
+    store."""
     embedding_keys = [k for k in model if k.startswith(ADAPTIVE_MODULES)
                       and not k.endswith(("_float_tensor", ".version"))]
-    bands = adaptive_input_bands(model)
     shapes = [tuple(int(v) for v in model[f"{prefix}.code_shape"][:2])
               if f"{prefix}.code_shape" in model else tuple(model[f"{prefix}.weight"].shape)
               for prefix in bands]

@@ -21,7 +21,7 @@ from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerL
 
 from fairseq_distilled_emb.checkpoints import tensor_identity
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.modules.quantized_embedding import QuantizedEmbedding
+from fairseq_distilled_emb.modules import QuantizedEmbedding, saved_compressed_embeddings
 
 ARCH = "transformer_lm_int_codes"
 
@@ -31,34 +31,22 @@ class TransformerLanguageModelIntCodesConfig(TransformerLanguageModelConfig):
     """fairseq's ``transformer_lm`` configuration, unchanged: the codes carry their own shapes."""
 
 
-def saved_code_groups(model: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """``{prefix: its QuantizedEmbedding tensors}`` of every table stored as codes, where
-    ``<prefix>.weight`` is the float table it stands for."""
-    groups: Dict[str, Dict[str, torch.Tensor]] = {}
-    for key, value in model.items():
-        if QuantizedEmbedding.owns_key(key):
-            prefix, name = key.rsplit(".", 1)
-            groups.setdefault(prefix, {})[name] = value
-    return groups
-
-
 def dequantized_state(module: torch.nn.Module, model: Dict[str, torch.Tensor]) -> Dict:
     """``model`` with each coded table as the float ``<prefix>.weight`` it stands for, also under
     every other name ``module`` ties to that parameter (the adaptive softmax's head and tails)."""
-    groups = saved_code_groups(model)
+    _, groups = saved_compressed_embeddings(model, {"embedding_factorization": "quantized"})
     state = {key: value for key, value in model.items() if not QuantizedEmbedding.owns_key(key)}
-    names_of = {}
-    for name, parameter in module.state_dict(keep_vars=True).items():
-        names_of.setdefault(tensor_identity(parameter), []).append(name)
     own = module.state_dict(keep_vars=True)
+    names_of = {}
+    for name, parameter in own.items():
+        names_of.setdefault(tensor_identity(parameter), []).append(name)
     for prefix, tensors in groups.items():
         weight = f"{prefix}.weight"
         if weight not in own:
             raise DistilledEmbeddingError(
                 f"{prefix}: the checkpoint stores it as integer codes, but its configuration "
                 f"builds no {weight}; pass the file fairseq-distilled-emb export wrote, unedited")
-        with torch.no_grad():
-            table = QuantizedEmbedding.from_saved(tensors).materialize()
+        table = QuantizedEmbedding.saved_dense_weight(tensors, None)
         for name in names_of[tensor_identity(own[weight])]:
             state[name] = table
     return state

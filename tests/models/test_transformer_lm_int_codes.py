@@ -124,8 +124,8 @@ def test_a_file_with_the_tied_tables_saved_as_copies_exports_the_same_codes(
 
 
 @pytest.mark.parametrize("flags, message", [
-    ([], "--int8-body: an adaptive-input language model's layers stay float (the plugin's int8 "
-     "layers are built by its distilled_* architectures only); drop --int8-body"),
+    (["--int8-body"], "--int8-body: an adaptive-input language model's layers stay float (the "
+     "plugin's int8 layers are built by its distilled_* architectures only); drop --int8-body"),
     (["--dense"], "--dense: this is an adaptive-input language model, which has no one V×d "
      "embedding to write; export it without the flag (its bands in integer codes: "
      "--embedding-bits B)"),
@@ -135,8 +135,7 @@ def test_a_file_with_the_tied_tables_saved_as_copies_exports_the_same_codes(
 ])
 def test_a_float_export_adaptive_input_cannot_take_is_one_error_line(
         adaptive_lm, tmp_path, flags, message):
-    result = run_distilled_emb("export", *(flags or ["--int8-body"]), adaptive_lm,
-                               tmp_path / "out.pt")
+    result = run_distilled_emb("export", *flags, adaptive_lm, tmp_path / "out.pt")
     assert (result.returncode, result.stderr.strip().splitlines()) == (2, [EXPORT + message])
     assert list(tmp_path.iterdir()) == []
 
