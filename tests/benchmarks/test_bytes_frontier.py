@@ -57,3 +57,26 @@ def test_each_budget_picks_the_best_valid_point_that_fits_and_reports_its_test_s
         "| ≥ 25 | distilled_8x_ptq_int6 | 32.0 | 37.90 | 37.10 | -0.70 | none fits | – |",
         "| ≥ 50 | distilled_16x_ptq_int4 | 73.6 | 35.10 | 35.40 | -2.40 | none fits | – |",
     ]
+
+
+def test_the_point_without_the_student_counts_the_teacher_trained_on_and_the_dense_model():
+    """Equal training: the teacher given the students' updates and the same-size dense model,
+    their E in codes, are what a user gets without the method, beside the untrained teacher's."""
+    def point(name, method, fewer, valid, test):
+        return {"name": name, "method": method, "fewer_than_fp32": fewer, "valid_bleu": valid,
+                "test_bleu": test}
+
+    codes = "post-training codes"
+    rows = [point("teacher_fp16", "teacher", 2.0, 38.0, 37.8),
+            point("teacher_int4", f"teacher, {codes}", 7.8, 37.6, 37.5),
+            point("teacher_continued_int4", f"teacher continued, {codes}", 7.8, 38.2, 38.0),
+            point("dense_8x_int4", f"dense, same total params, {codes}", 11.6, 37.0, 36.9),
+            point("dense_8x_int2", f"dense, same total params, {codes}", 27.0, 30.0, 30.5),
+            point("distilled_8x_ptq_int8", f"student, {codes}", 26.3, 37.9, 37.0)]
+    lines = bytes_frontier.budget_choices(rows).splitlines()
+    assert lines[0].endswith("| best point without the student | its test BLEU |")
+    assert lines[2:] == [
+        "| ≥ 7.8 | teacher_continued_int4 | 7.8 | 38.20 | 38.00 | +0.20 | teacher_continued_int4 "
+        "| 38.00 |",
+        "| ≥ 25 | distilled_8x_ptq_int8 | 26.3 | 37.90 | 37.00 | -0.80 | dense_8x_int2 | 30.50 |",
+    ]
