@@ -7,6 +7,9 @@ with its model file's bytes and its sentences/s (beam 5, the cores this process 
 
     python -m benchmarks.ctranslate2_anchor --results results/multi30k-demo
 
+``--rows teacher_continued`` converts finished stock rows too (the teacher trained on for the
+students' updates: what a user who trains on and deploys with CTranslate2 gets).
+
 The converter reads ``checkpoint["args"]`` (an argparse Namespace), which ``export``ed and
 recent fairseq checkpoints do not have; the teacher is read with the plugin's safe loader and
 re-saved with its model config as that Namespace in ``<results>/ctranslate2/`` first.
@@ -16,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 import sacrebleu
@@ -67,15 +71,26 @@ def main(argv=None):
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--source-lang", default="de")
     parser.add_argument("--target-lang", default="en")
+    parser.add_argument("--rows", nargs="*", default=[],
+                        help="also convert these finished stock rows (<results>/rows/NAME), e.g. "
+                             "teacher_continued")
     args = parser.parse_args(argv)
     log_like_fairseq_cli()
     out = args.results / "ctranslate2"
     out.mkdir(parents=True, exist_ok=True)
-    source = converter_input(args.results / "teacher" / "checkpoint_best.pt", out)
+    models = {"teacher": args.results / "teacher" / "checkpoint_best.pt"}
+    models.update({row: args.results / "rows" / row / "checkpoint_best.pt" for row in args.rows})
+    for name, checkpoint in models.items():
+        if not checkpoint.exists():
+            parser.error(f"--rows {name}: {checkpoint} does not exist (finish the row first)")
     rows = {}
-    for quantization in ("int8", "float32"):
-        model = convert(source, args.results / "data-bin", out / f"teacher_{quantization}",
-                        quantization)
+    converter_files = {}
+    for name, checkpoint in models.items():
+        (out / name).mkdir(exist_ok=True)
+        converter_files[name] = converter_input(checkpoint, out / name)
+    for name, quantization in product(models, ("int8", "float32")):
+        model = convert(converter_files[name], args.results / "data-bin",
+                        out / f"{name}_{quantization}", quantization)
         row = {"file_bytes": model.stat().st_size}
         for subset in ("valid", "test"):
             data = args.results / "data"
@@ -87,8 +102,8 @@ def main(argv=None):
             bleu = sacrebleu.corpus_bleu(hypotheses, [references])
             row[f"{subset}_bleu"] = round(bleu.score, 2)
             row[f"{subset}_sentences_per_second"] = round(len(sources) / seconds, 1)
-        rows[f"ctranslate2_teacher_{quantization}"] = row
-        print(f"ctranslate2 teacher {quantization}: {row}", flush=True)
+        rows[f"ctranslate2_{name}_{quantization}"] = row
+        print(f"ctranslate2 {name} {quantization}: {row}", flush=True)
     (out / "anchor.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 

@@ -80,3 +80,17 @@ def test_the_point_without_the_student_counts_the_teacher_trained_on_and_the_den
         "| 38.00 |",
         "| ≥ 25 | distilled_8x_ptq_int8 | 26.3 | 37.90 | 37.00 | -0.80 | dense_8x_int2 | 30.50 |",
     ]
+
+
+def test_every_point_counts_its_bytes_against_the_teachers_fp32_embedding(tiny_dense_checkpoint,
+                                                                           tmp_path):
+    """A narrower dense row's E is smaller than the teacher's before any codes: its "× fewer"
+    must be against the teacher's fp32 E (what a user's budget is), not against its own."""
+    from fairseq_distilled_emb.checkpoints import load_checkpoint
+
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    (teacher_dir / "checkpoint_best.pt").symlink_to(tiny_dense_checkpoint.best)
+    model = load_checkpoint(tiny_dense_checkpoint.best)["model"]
+    vocab, dim = model["encoder.embed_tokens.weight"].shape
+    assert bytes_frontier.teacher_fp32_embedding_bytes(tmp_path) == vocab * dim * 4
