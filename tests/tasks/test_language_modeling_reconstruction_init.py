@@ -218,13 +218,19 @@ def test_ctranslate2_converts_the_project_in_out_export_and_scores_as_the_studen
     for row, result in enumerate(generator.score_batch(sentences)):
         wanted = expected[row][target[row] != pad]
         assert torch.allclose(torch.tensor(result.log_probs), wanted, rtol=0, atol=1e-4)
-    # int8 (both factors in per-row codes): the re-balanced factors keep the mean log-probability
-    # (measured 0.0016 off; the student's own f(U) and W, exported as they are, 0.085)
+    # int8 (both factors in per-row codes): the re-balanced factors keep the mean log-probability.
+    # The stored codes, dequantized (compute float32): measured 0.0003 off; the student's own
+    # f(U) and W exported as they are, 0.022. CTranslate2's int8 compute also quantizes the
+    # activations, and what that costs depends on the CPU: 0.0016 where this was first measured, 0.064
+    # on an AVX2-only one; the student's own factors, 8.2.
     int8 = convert(source, lm_data_bin, tmp_path / "ct2_int8", "int8")
-    generator = ctranslate2.Generator(str(int8.parent), device="cpu")
-    scored = torch.cat([torch.tensor(result.log_probs)
-                        for result in generator.score_batch(sentences)])
-    assert abs(scored.mean() - expected[target != pad].mean()) < 5e-3
+    wanted_mean = expected[target != pad].mean()
+    for compute_type, bound in (("float32", 5e-3), ("int8", 0.25)):
+        generator = ctranslate2.Generator(str(int8.parent), device="cpu",
+                                          compute_type=compute_type)
+        scored = torch.cat([torch.tensor(result.log_probs)
+                            for result in generator.score_batch(sentences)])
+        assert abs(scored.mean() - wanted_mean) < bound, compute_type
 
 
 def test_stock_interactive_sampling_continues_prompts(
