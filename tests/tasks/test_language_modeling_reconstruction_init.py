@@ -221,8 +221,8 @@ def test_ctranslate2_converts_the_project_in_out_export_and_scores_as_the_studen
     # int8 (both factors in per-row codes): the re-balanced factors keep the mean log-probability.
     # The stored codes, dequantized (compute float32): measured 0.0003 off; the student's own
     # f(U) and W exported as they are, 0.022. CTranslate2's int8 compute also quantizes the
-    # activations, and what that costs depends on the CPU: 0.0016 where this was first measured, 0.064
-    # on an AVX2-only one; the student's own factors, 8.2.
+    # activations, and what that costs depends on the CPU: 0.0016 where this was first
+    # measured, 0.064 on an AVX2-only one; the student's own factors, 8.2.
     int8 = convert(source, lm_data_bin, tmp_path / "ct2_int8", "int8")
     wanted_mean = expected[target != pad].mean()
     for compute_type, bound in (("float32", 5e-3), ("int8", 0.25)):
