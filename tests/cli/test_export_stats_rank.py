@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from helpers import PLUGIN_DIR, console_script, hypotheses, run_distilled_emb, run_fairseq
+from helpers import (PLUGIN_DIR, console_script, hypotheses, loaded_model_and_batch,
+                     run_distilled_emb, run_fairseq)
 
 
 def cli(*args, check=True):
@@ -73,11 +74,24 @@ def test_exported_checkpoints_generate_what_the_training_checkpoint_does(
     assert generate(data_bin, exported["compact"]) == reference
 
 
-def test_fp16_export_translates_as_the_fp32_checkpoint(data_bin, tiny_distilled_student, exported):
-    reference = generate(data_bin, tiny_distilled_student.best)
-    fp16 = generate(data_bin, exported["fp16"])
-    agreeing = sum(fp16[i] == reference[i] for i in reference)
-    assert len(fp16) == len(reference) == 200 and agreeing >= 0.99 * len(reference)
+def test_fp16_export_scores_as_the_fp32_checkpoint(tiny_distilled_student, exported):
+    """Teacher-forced log-probabilities of the reference tokens on a real valid batch: the fp16
+    body moves them by fp16 rounding only (measured 0.0018 at most), fp16 factors would not
+    (0.095: f(U)·W cancels). Beam hypotheses of a 20-update model sit on near-ties, so which
+    of them flip depends on the CPU's arithmetic (at least 198/200 where this test was first
+    written, 195 on an AVX2-only machine)."""
+    def reference_log_probs(path):
+        model, task, batch = loaded_model_and_batch(path, max_sentences=64)
+        with torch.no_grad():
+            log_probs = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
+        target = batch["target"]
+        scores = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return scores[target != task.target_dictionary.pad()]
+
+    fp32 = reference_log_probs(tiny_distilled_student.best)
+    fp16 = reference_log_probs(exported["fp16"])
+    assert fp16.numel() == fp32.numel() > 500
+    assert torch.allclose(fp16, fp32, rtol=0, atol=1e-2)
 
 
 def test_dense_export_loads_in_plain_fairseq_and_generates_the_same(
