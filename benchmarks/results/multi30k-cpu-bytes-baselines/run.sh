@@ -19,7 +19,7 @@ python -m examples.multi30k.run --profile cpu --device cpu --results $R \
 #    scales; w16: W in fp16; h5650t3: the rows from 5,650 on, the rarest words, in int3), not
 #    tuned again here.
 python -m benchmarks.bytes_frontier --results $R --profile cpu --factor-bits 8 6 4 3 2 \
-    --int8-body teacher_int8 teacher_continued_int4 teacher_continued_int3 \
+    --int8-body teacher_int8 teacher_continued_int4 teacher_continued_int3 teacher_continued_int2 \
     distilled_8x_ptq_int8 distilled_8x_ptq_int4 \
     --log8-scales distilled_8x_ptq_int4 distilled_8x_ptq_int3 distilled_16x_ptq_int4 \
     distilled_16x_ptq_int3 \
@@ -36,7 +36,7 @@ python -m benchmarks.bytes_frontier --results $R --profile cpu --factor-bits 8 6
     distilled_16x_ptq_int3_log8_w16 \
     distilled_32x_fp32_factors distilled_32x_ptq_int8 distilled_32x_ptq_int4 \
     teacher_int8_int8body teacher_continued_int4_int8body teacher_continued_int3_int8body \
-    distilled_8x_ptq_int8_int8body distilled_8x_ptq_int4_int8body
+    teacher_continued_int2_int8body distilled_8x_ptq_int8_int8body distilled_8x_ptq_int4_int8body
 # 4. the deployment anchor: CTranslate2 int8 and float32 of the teacher and of the teacher
 #    trained on
 python -m benchmarks.ctranslate2_anchor --results $R --rows teacher_continued
