@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-from itertools import product
 from pathlib import Path
 
 import sacrebleu
@@ -65,6 +64,22 @@ def translate(model_dir: Path, sources, beam: int = 5, threads: int = 2, batch_s
     return [" ".join(result.hypotheses[0]) for result in results], seconds
 
 
+def score(model: Path, results: Path, source_lang: str, target_lang: str) -> dict:
+    """A converted model's file bytes, and its sacreBLEU and sentences/s on valid and test."""
+    row = {"file_bytes": model.stat().st_size}
+    for subset in ("valid", "test"):
+        data = results / "data"
+        sources = (data / f"{subset}.spm.{source_lang}").read_text().splitlines()
+        references = (data / f"{subset}.raw.{target_lang}").read_text().splitlines()
+        pieces, seconds = translate(model.parent, sources)
+        # what fairseq-generate --remove-bpe sentencepiece does to its hypotheses
+        hypotheses = [post_process(line, "sentencepiece") for line in pieces]
+        bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+        row[f"{subset}_bleu"] = round(bleu.score, 2)
+        row[f"{subset}_sentences_per_second"] = round(len(sources) / seconds, 1)
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,26 +99,15 @@ def main(argv=None):
         if not checkpoint.exists():
             parser.error(f"--rows {name}: {checkpoint} does not exist (finish the row first)")
     rows = {}
-    converter_files = {}
     for name, checkpoint in models.items():
         (out / name).mkdir(exist_ok=True)
-        converter_files[name] = converter_input(checkpoint, out / name)
-    for name, quantization in product(models, ("int8", "float32")):
-        model = convert(converter_files[name], args.results / "data-bin",
-                        out / f"{name}_{quantization}", quantization)
-        row = {"file_bytes": model.stat().st_size}
-        for subset in ("valid", "test"):
-            data = args.results / "data"
-            sources = (data / f"{subset}.spm.{args.source_lang}").read_text().splitlines()
-            references = (data / f"{subset}.raw.{args.target_lang}").read_text().splitlines()
-            pieces, seconds = translate(model.parent, sources)
-            # what fairseq-generate --remove-bpe sentencepiece does to its hypotheses
-            hypotheses = [post_process(line, "sentencepiece") for line in pieces]
-            bleu = sacrebleu.corpus_bleu(hypotheses, [references])
-            row[f"{subset}_bleu"] = round(bleu.score, 2)
-            row[f"{subset}_sentences_per_second"] = round(len(sources) / seconds, 1)
-        rows[f"ctranslate2_{name}_{quantization}"] = row
-        print(f"ctranslate2 {name} {quantization}: {row}", flush=True)
+        source = converter_input(checkpoint, out / name)
+        for quantization in ("int8", "float32"):
+            model = convert(source, args.results / "data-bin", out / f"{name}_{quantization}",
+                            quantization)
+            row = score(model, args.results, args.source_lang, args.target_lang)
+            rows[f"ctranslate2_{name}_{quantization}"] = row
+            print(f"ctranslate2 {name} {quantization}: {row}", flush=True)
     (out / "anchor.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
