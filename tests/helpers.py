@@ -322,6 +322,20 @@ def loaded_model_and_batch(path, max_sentences: int = 16):
     return models[0].eval(), task, first_batch(task, "valid", max_sentences)
 
 
+def target_log_probs(path, max_sentences: int = 16):
+    """``(log-probability of each reference token, target, dictionary)`` of the first valid batch,
+    teacher-forced through a saved checkpoint: what two exports of one model must agree on
+    (beam hypotheses of a barely trained model flip on near-ties)."""
+    import torch
+
+    model, task, batch = loaded_model_and_batch(path, max_sentences)
+    with torch.no_grad():
+        log_probs = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
+    target = batch["target"]
+    return (log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1), target,
+            task.target_dictionary)
+
+
 def student_train_args(data_bin, teacher_path, save_dir, max_update=6, *extra):
     """fairseq-train flags of a tiny 4x student of ``teacher_path`` with the full method (CPU)."""
     return [

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from helpers import (PLUGIN_DIR, console_script, hypotheses, loaded_model_and_batch,
-                     run_distilled_emb, run_fairseq)
+from helpers import (PLUGIN_DIR, console_script, hypotheses, run_distilled_emb, run_fairseq,
+                     target_log_probs)
 
 
 def cli(*args, check=True):
@@ -81,12 +81,8 @@ def test_fp16_export_scores_as_the_fp32_checkpoint(tiny_distilled_student, expor
     of them flip depends on the CPU's arithmetic (at least 198/200 where this test was first
     written, 195 on an AVX2-only machine)."""
     def reference_log_probs(path):
-        model, task, batch = loaded_model_and_batch(path, max_sentences=64)
-        with torch.no_grad():
-            log_probs = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
-        target = batch["target"]
-        scores = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        return scores[target != task.target_dictionary.pad()]
+        scores, target, dictionary = target_log_probs(path, max_sentences=64)
+        return scores[target != dictionary.pad()]
 
     fp32 = reference_log_probs(tiny_distilled_student.best)
     fp16 = reference_log_probs(exported["fp16"])

@@ -24,6 +24,7 @@ from helpers import (
     preprocess_english,
     run_distilled_emb,
     run_fairseq,
+    target_log_probs,
 )
 
 TEACHER_UPDATES = 30
@@ -206,13 +207,10 @@ def test_ctranslate2_converts_the_project_in_out_export_and_scores_as_the_studen
     checkpoint, _log = lm_student
     source = converter_input(stock_lm_export, tmp_path)
     model_bin = convert(source, lm_data_bin, tmp_path / "ct2", "float32")
-    model, task, batch = loaded_model_and_batch(checkpoint, max_sentences=8)
-    with torch.no_grad():
-        log_probs = model.get_normalized_probs(model(**batch["net_input"]), log_probs=True)
-    target, pad = batch["target"], task.dictionary.pad()
-    expected = log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    expected, target, dictionary = target_log_probs(checkpoint, max_sentences=8)
+    pad = dictionary.pad()
     # fairseq's LM starts every sample from </s>; CTranslate2 scores the tokens after the first
-    sentences = [["</s>"] + [task.dictionary[i] for i in row[row != pad].tolist()]
+    sentences = [["</s>"] + [dictionary[i] for i in row[row != pad].tolist()]
                  for row in target]
     generator = ctranslate2.Generator(str(model_bin.parent), device="cpu")
     for row, result in enumerate(generator.score_batch(sentences)):
