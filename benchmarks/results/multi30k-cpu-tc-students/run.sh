@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The students of the *trained-on* teacher: the cpu profile's teacher continued for 500 updates
+# (multi30k-cpu-bytes-baselines, 39.36) becomes the teacher, and every row starts from it. The
+# reference at equal total updates is that teacher continued 500 more (1,620 + 1,000 updates),
+# then quantized. 2 CPU cores (torch 2.13.0 CPU), one thread per process, two processes at a
+# time. Needs multi30k-cpu-bytes-baselines/run.sh's stage 1 first. Each stage resumes.
+set -euo pipefail
+SRC=results/multi30k-cpu
+R=results/multi30k-cpu-tc
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# 0. the results directory: the same data and dictionary, the continued teacher as its teacher.
+#    Its train.json keeps the first stage's settings (what the recipe checks a teacher against)
+#    and records the continuation in "continued_from", with the updates and seconds of both.
+mkdir -p $R/teacher $R/rows
+for f in data data-bin; do ln -sfn "$(realpath $SRC/$f)" $R/$f; done
+for f in checkpoint_best.pt checkpoint_last.pt eval.json exported_fp16.pt test.hyp.en; do
+    ln -sfn "$(realpath $SRC/rows/teacher_continued/$f)" $R/teacher/$f
+done
+ln -sfn "$(realpath $SRC/rows/dense_8x)" $R/rows/dense_8x   # needs no teacher: the same row
+[ -e $R/teacher/train.json ] || python - "$SRC" "$R" <<'PY'
+import json, sys
+src, out = sys.argv[1:]
+first = json.load(open(f"{src}/teacher/train.json"))
+more = json.load(open(f"{src}/rows/teacher_continued/train.json"))
+first.update(updates=first["updates"] + more["updates"],
+             train_seconds=round(first["train_seconds"] + more["train_seconds"], 1),
+             best_valid_loss=more["best_valid_loss"],
+             continued_from=f"{src}/teacher ({first['updates']} updates) + its teacher_continued "
+                            f"row ({more['updates']} updates, {more['settings']['--lr-scheduler']} "
+                            f"from {more['settings']['--lr']}); the settings are the first stage's")
+json.dump(first, open(f"{out}/teacher/train.json", "w"), indent=2)
+PY
+# 1. the teacher continued 500 more and the 8x student (500 updates each), side by side
+python -m examples.multi30k.run --profile cpu --device cpu --results $R \
+    --data-dir ../shared/data/multi30k --jobs 2 --rows teacher_continued distilled_8x
+# 2. the 4x (500 updates) and 16x (1,000, the profile's budget from 16x on) students
+python -m examples.multi30k.run --profile cpu --device cpu --results $R \
+    --data-dir ../shared/data/multi30k --jobs 2 --rows distilled_4x distilled_16x
+# 3. every point by bytes (valid for choices, test reported), the 16x tail split chosen on valid.
+#    (Run here as three invocations with parts of --points, two beside stage 2's training; the
+#    points are the same files, and a finished point is skipped.)
+python -m benchmarks.bytes_frontier --results $R --profile cpu --factor-bits 8 6 4 3 2 \
+    --int8-body teacher_int4 teacher_int3 teacher_continued_int4 teacher_continued_int3 \
+    distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_4x_ptq_int8 distilled_4x_ptq_int4 \
+    distilled_4x_ptq_int3_log8_w16 \
+    --log8-scales distilled_8x_ptq_int4 distilled_8x_ptq_int3 distilled_4x_ptq_int4 \
+    distilled_4x_ptq_int3 distilled_16x_ptq_int4 distilled_16x_ptq_int3 \
+    --w-fp16 distilled_4x_ptq_int4_log8 distilled_4x_ptq_int3_log8 distilled_16x_ptq_int4_log8 \
+    distilled_16x_ptq_int3_log8 \
+    --tail-bits distilled_16x_ptq_int4_log8_w16:3:5650 distilled_16x_ptq_int4_log8_w16:3:4000 \
+    distilled_16x_ptq_int4_log8_w16:3:3000 \
+    --points teacher_fp16 teacher_int4 teacher_int3 teacher_int2 \
+    teacher_continued teacher_continued_int4 teacher_continued_int3 teacher_continued_int2 \
+    dense_8x dense_8x_int4 dense_8x_int3 \
+    distilled_4x_fp32_factors distilled_4x_ptq_int8 distilled_4x_ptq_int6 distilled_4x_ptq_int4 \
+    distilled_4x_ptq_int3 distilled_4x_ptq_int2 distilled_4x_ptq_int4_log8_w16 \
+    distilled_4x_ptq_int3_log8_w16 \
+    distilled_8x_fp32_factors distilled_8x_ptq_int8 distilled_8x_ptq_int6 \
+    distilled_8x_ptq_int4 distilled_8x_ptq_int4_log8 distilled_8x_ptq_int3 \
+    distilled_8x_ptq_int3_log8 distilled_8x_ptq_int2 \
+    distilled_16x_fp32_factors distilled_16x_ptq_int8 distilled_16x_ptq_int4 \
+    distilled_16x_ptq_int4_log8_w16 distilled_16x_ptq_int4_log8_w16_h5650t3 \
+    distilled_16x_ptq_int4_log8_w16_h4000t3 distilled_16x_ptq_int4_log8_w16_h3000t3 \
+    distilled_16x_ptq_int3_log8_w16 \
+    teacher_int4_int8body teacher_int3_int8body teacher_continued_int4_int8body \
+    teacher_continued_int3_int8body distilled_8x_ptq_int8_int8body distilled_8x_ptq_int4_int8body \
+    distilled_4x_ptq_int8_int8body distilled_4x_ptq_int4_int8body \
+    distilled_4x_ptq_int3_log8_w16_int8body
+# 4. the deployment anchor: CTranslate2 int8 of the teacher continued 500 more
+python -m benchmarks.ctranslate2_anchor --results $R --rows teacher_continued
