@@ -68,3 +68,11 @@ python -m benchmarks.bytes_frontier --results $R --profile cpu --factor-bits 8 6
     distilled_4x_ptq_int3_log8_w16_int8body
 # 4. the deployment anchor: CTranslate2 int8 of the teacher continued 500 more
 python -m benchmarks.ctranslate2_anchor --results $R --rows teacher_continued
+# 5. decode speed, side by side in one run, nothing else on the cores (both threads)
+unset OMP_NUM_THREADS MKL_NUM_THREADS
+B=$R/bytes
+python -m benchmarks.decode_speed $R/data-bin $R/rows/teacher_continued/checkpoint_best.pt \
+    $R/rows/distilled_4x/checkpoint_best.pt $B/distilled_4x_ptq_int8_int8body/exported.pt \
+    $B/distilled_4x_ptq_int4_int8body/exported.pt $B/teacher_continued_int4_int8body/exported.pt \
+    --ctranslate2 $R/ctranslate2/teacher_continued_int8 --source $R/data/test.spm.de --repeats 2 \
+    --output $R/speed.json
