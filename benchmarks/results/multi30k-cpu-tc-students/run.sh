@@ -76,3 +76,15 @@ python -m benchmarks.decode_speed $R/data-bin $R/rows/teacher_continued/checkpoi
     $B/distilled_4x_ptq_int4_int8body/exported.pt $B/teacher_continued_int4_int8body/exported.pt \
     --ctranslate2 $R/ctranslate2/teacher_continued_int8 --source $R/data/test.spm.de --repeats 2 \
     --output $R/speed.json
+# 6. the 8x student given 1,000 updates (a results directory of its own: the row name is the
+#    same), then its int3 and int4 (1-byte scales) f(U)
+R2=results/multi30k-cpu-tc-u1000
+mkdir -p $R2/teacher
+for f in data data-bin; do ln -sfn "$(realpath $SRC/$f)" $R2/$f; done
+for f in checkpoint_best.pt checkpoint_last.pt eval.json exported_fp16.pt test.hyp.en train.json; do
+    cp -P --remove-destination $R/teacher/$f $R2/teacher/$f
+done
+python -m examples.multi30k.run --profile cpu --device cpu --results $R2 \
+    --data-dir ../shared/data/multi30k --rows distilled_8x --student-updates 1000
+python -m benchmarks.bytes_frontier --results $R2 --profile cpu --factor-bits 4 3 \
+    --log8-scales distilled_8x_ptq_int4 --points distilled_8x_ptq_int3 distilled_8x_ptq_int4_log8
