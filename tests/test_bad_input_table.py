@@ -290,6 +290,17 @@ CASES = {  # the table's input cell -> the case
     "`--embedding-rank 0`": lambda c: (
         c.train_plain("--share-all-embeddings", "--embedding-rank", "0"),
         TRAIN + "--embedding-rank 0 must be a positive integer"),
+    "`--embedding-factorization dense-head` without `--embedding-dense-rows`": lambda c: (
+        c.train_plain("--share-all-embeddings", "--embedding-factorization", "dense-head",
+                      "--embedding-compression", "4"),
+        TRAIN + "--embedding-factorization dense-head needs --embedding-dense-rows K (how many of "
+        "the most frequent words keep dense rows, e.g. 2000)"),
+    "`--embedding-dense-rows` holding the whole budget": lambda c: (
+        c.train_plain("--share-all-embeddings", "--embedding-factorization", "dense-head",
+                      "--embedding-dense-rows", "300", "--embedding-compression", "4"),
+        TRAIN + f"--embedding-dense-rows 300 alone holds {300 * DIM:,} parameters, more than 1/4 "
+        f"of V·d = {dictionary_size(c.data_bin) * DIM:,}: lower --embedding-dense-rows or "
+        "--embedding-compression"),
     "both `--embedding-rank` and `--embedding-compression`": lambda c: (
         c.train_plain("--share-all-embeddings", "--embedding-rank", "8",
                       "--embedding-compression", "4"),

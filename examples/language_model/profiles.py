@@ -36,12 +36,17 @@ class Profile:
     score_valid: bool = False
 
 
+#: dense-head students sized for a word-level vocabulary (WikiText-2's 33,280 words): at 8x the
+#: budget holds ~4,160 dense rows, so the head is 1,000 or 2,000 words (500 or 1,000 at 16x)
+DENSE_HEAD_ROWS = ["distilled_8x_head1000", "distilled_8x_head2000", "distilled_16x_head500",
+                   "distilled_16x_head1000"]
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
             "distilled_16x", "distilled_32x", "distilled_output_kd_8x", "tensor_train_8x",
             "adaptive_8x", "adaptive_16x", "teacher_int8", "teacher_int4", "teacher_int3",
             "teacher_int2", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
             "distilled_16x_ptq_int8", "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4",
-            "adaptive_16x_ptq_int8", "adaptive_16x_ptq_int4", "teacher_continued"]
+            "adaptive_16x_ptq_int8", "adaptive_16x_ptq_int4", "teacher_continued",
+            *DENSE_HEAD_ROWS]
 MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
              "teacher_continued"]
 #: WikiText-2: the students, every baseline a user would try first, and the post-training rows,
@@ -50,7 +55,8 @@ MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "di
 #: from-scratch rows (hours each on 2 cores)
 WIKITEXT_ROWS = ["teacher_int8", "teacher_int4", "teacher_int3", "teacher_int2", "distilled_8x",
                  "distilled_16x", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
-                 "distilled_16x_ptq_int8", "teacher_continued", "svd_linear_8x", "distilled_4x",
+                 "distilled_16x_ptq_int8", "teacher_continued", *DENSE_HEAD_ROWS,
+                 "svd_linear_8x", "distilled_4x",
                  "distilled_32x", "tensor_train_8x", "adaptive_8x", "adaptive_16x",
                  "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4", "adaptive_16x_ptq_int8",
                  "adaptive_16x_ptq_int4", "smaller_dim"]
@@ -82,7 +88,8 @@ PROFILES = {
                        "--patience", "5"],
         # the demo's choice (cosine from the teacher's peak) carried over, not checked on valid
         student_train=cosine_fine_tuning(1e-3, 2000),
-        rows=ALL_ROWS,
+        # (not the dense-head rows: a 1,000-word head is all of an 8x budget at V=8k)
+        rows=[row for row in ALL_ROWS if row not in DENSE_HEAD_ROWS],
         notes="Full profile: teacher d=256, 4 layers, FFN 1024 (early stopping on valid loss, "
         "patience 5, ≤50 epochs); every student row gets the same 2,000 fine-tuning updates.",
     ),
@@ -135,6 +142,11 @@ PROFILES = {
 ROWS = {**{name: TRANSLATION_ROWS[name] for name in ALL_ROWS if name in TRANSLATION_ROWS},
         "smaller_dim": Row("smaller_dim", "smaller-dim dense, same total params as the 8x "
                            "student, from scratch", kind="dense", compression=8),
+        **{f"distilled_{ratio}x_head{rows}": Row(
+            f"distilled_{ratio}x_head{rows}", f"Distilled Embedding {ratio}x with the {rows} most "
+            "frequent words' rows dense (dense-head)", compression=ratio,
+            flags=("--embedding-factorization", "dense-head", "--embedding-dense-rows", str(rows)))
+           for ratio, rows in ((8, 1000), (8, 2000), (16, 500), (16, 1000))},
         **{f"adaptive_{ratio}x": Row(
             f"adaptive_{ratio}x", f"stock adaptive input + tied adaptive softmax, embedding "
             f"bytes of the {ratio}x student, from scratch", kind="adaptive", compression=ratio)

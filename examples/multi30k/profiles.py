@@ -66,6 +66,11 @@ ROWS: Dict[str, Row] = {row.name: row for row in [
         compression=16, flags=SVD_LINEAR),
     Row("tensor_train_16x", "tensor-train embedding 16x, from the teacher's TT-SVD (+ embedding "
         "KD)", compression=16, flags=TENSOR_TRAIN),
+    # the K most frequent pieces' rows dense, f(U)·W for the rest, in the same parameter budget
+    *[Row(f"distilled_{ratio}x_head{rows}", f"Distilled Embedding {ratio}x with the {rows} most "
+          "frequent rows dense (dense-head)", compression=ratio,
+          flags=("--embedding-factorization", "dense-head", "--embedding-dense-rows", str(rows)))
+      for ratio in (8, 16) for rows in (128, 256)],
     # quantization-aware fine-tuning: f(U) fake-quantized to int{bits} codes, as export stores it
     *[Row(f"distilled_{ratio}x_int{bits}", f"Distilled Embedding {ratio}x, quantization-aware: "
           f"f(U) in int{bits} codes", compression=ratio, flags=("--embedding-bits", str(bits)))

@@ -33,10 +33,18 @@ class CompressedEmbeddingConfig(FairseqDataclass):
     embedding_factorization: str = field(
         default="low-rank",
         metadata={"help": "how the embedding is compressed, a registered kind: 'low-rank' "
-                          "(default), Distilled Embedding's f(U)·W; 'tensor-train', the TT-matrix "
+                          "(default), Distilled Embedding's f(U)·W; 'dense-head', the most frequent "
+                          "words' rows dense and f(U)·W for the rest (--embedding-dense-rows); "
+                          "'tensor-train', the TT-matrix "
                           "baseline of Khrulkov et al. (tensorly-torch: pip install -e "
                           ".[tensor-train]); 'quantized', integer codes written by "
                           "fairseq-distilled-emb export --embedding-bits (decoding only)"},
+    )
+    embedding_dense_rows: Optional[int] = field(
+        default=None,
+        metadata={"help": "with --embedding-factorization dense-head: the first K rows of the "
+                          "dictionary (the specials, then the most frequent words) stay dense; "
+                          "--embedding-rank/--embedding-compression size the f(U)·W of the rest"},
     )
     embedding_bits: Optional[int] = field(
         default=None,

@@ -30,6 +30,7 @@ from fairseq_distilled_emb.modules import (
     CompressedEmbedding,
     FactorizedOutputProjection,
     build_compressed_embedding,
+    outermost_compressed_embeddings,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,7 @@ def as_namespace(args):
 
 def compressed_embeddings(model):
     """The distinct compressed embedding modules of ``model`` (shared ones counted once)."""
-    seen = {}
-    for module in model.modules():
-        if isinstance(module, CompressedEmbedding):
-            seen[id(module)] = module
-    return list(seen.values())
+    return list(outermost_compressed_embeddings(model).values())
 
 
 def log_parameter_summary(model):

@@ -7,12 +7,16 @@ from fairseq_distilled_emb.modules.compressed_embedding import (  # noqa: F401
     TeacherInit,
     build_compressed_embedding,
     compressed_keys,
+    outermost_compressed_embeddings,
     register_compressed_embedding,
     saved_compressed_embeddings,
 )
 from fairseq_distilled_emb.modules.factorized_embedding import (  # noqa: F401
     FactorizedEmbedding,
     FactorizedOutputProjection,
+)
+from fairseq_distilled_emb.modules.dense_head_embedding import (  # noqa: F401
+    DenseHeadEmbedding,
 )
 from fairseq_distilled_emb.modules.tensor_train_embedding import (  # noqa: F401
     TensorTrainEmbedding,

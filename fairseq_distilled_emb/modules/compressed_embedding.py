@@ -157,6 +157,20 @@ def build_compressed_embedding(args, dictionary, embed_dim) -> CompressedEmbeddi
     return cls.from_args(args, len(dictionary), embed_dim, dictionary.pad())
 
 
+def outermost_compressed_embeddings(model: nn.Module) -> Dict[str, CompressedEmbedding]:
+    """``model``'s distinct compressed embeddings by their first name (a shared one once), without
+    the decoder's tied output projection and without those built inside another one (a
+    ``dense-head`` embedding's tail is a ``low-rank`` one): what is sized, logged and started
+    from the teacher is the outer module."""
+    found: Dict[str, CompressedEmbedding] = {}
+    for name, module in model.named_modules():
+        if (isinstance(module, CompressedEmbedding) and "output_projection" not in name
+                and not any(name.startswith(f"{outer}.") for outer in found)
+                and all(module is not other for other in found.values())):
+            found[name] = module
+    return found
+
+
 def compressed_keys(model_state: Dict[str, torch.Tensor]) -> Set[str]:
     """The keys of ``model_state`` that belong to a compressed embedding of any registered kind."""
     kinds = COMPRESSED_EMBEDDING_REGISTRY.values()

@@ -31,7 +31,11 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
-from fairseq_distilled_emb.modules import CompressedEmbedding, TeacherInit
+from fairseq_distilled_emb.modules import (
+    CompressedEmbedding,
+    TeacherInit,
+    outermost_compressed_embeddings,
+)
 from fairseq_distilled_emb.tasks.teacher import (  # noqa: F401  (ARCHITECTURE_FIELDS: for tasks)
     ARCHITECTURE_FIELDS,
     TeacherCheckpoint,
@@ -138,7 +142,7 @@ class ReconstructionInitMixin:
             return
         embedding_params = {
             id(param)
-            for embedding in _named_compressed_embeddings(model).values()
+            for embedding in outermost_compressed_embeddings(model).values()
             for param in embedding.parameters()
         }
         for param in model.parameters():
@@ -182,7 +186,7 @@ class ReconstructionInitMixin:
     # --------------------------------------------------------------------------- initialisation
 
     def _student_embeddings(self, student):
-        embeddings = _named_compressed_embeddings(student)
+        embeddings = outermost_compressed_embeddings(student)
         if not embeddings:
             raise DistilledEmbeddingError(
                 f"--task {self._task_name()} needs a student with a factorized embedding: use a "
@@ -193,7 +197,7 @@ class ReconstructionInitMixin:
     def _pair_embeddings(self, student, teacher):
         """Map each distinct student compressed embedding (by name) to the teacher's dense E."""
         pairs = {}
-        for name, _ in _named_compressed_embeddings(student).items():
+        for name, _ in outermost_compressed_embeddings(student).items():
             pairs[name] = _dense_weight(_get_submodule(teacher, name)).detach().float().clone()
         return pairs
 
@@ -269,16 +273,6 @@ class TranslationReconstructionInitTask(ReconstructionInitMixin, TranslationTask
 def _get_submodule(model, dotted_name):
     """Resolve ``decoder.embed_tokens`` on a model or a fairseq DDP wrapper (which proxies attrs)."""
     return functools.reduce(getattr, dotted_name.split("."), model)
-
-
-def _named_compressed_embeddings(model) -> Dict[str, torch.nn.Module]:
-    """Distinct compressed embeddings by their first (shortest) name; output projections skipped."""
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, CompressedEmbedding) and "output_projection" not in name:
-            if all(module is not other for other in found.values()):
-                found[name] = module
-    return found
 
 
 def _dense_weight(module):

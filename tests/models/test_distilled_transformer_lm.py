@@ -293,7 +293,8 @@ def test_translation_and_language_model_take_the_same_embedding_flags(lm_dict_di
                                          "language_modeling")
     assert sorted(translation) == sorted(language_model) == [
         "--embedding-activation", "--embedding-bits", "--embedding-bits-from-update",
-        "--embedding-compression", "--embedding-factorization", "--embedding-head-rows",
+        "--embedding-compression", "--embedding-dense-rows", "--embedding-factorization",
+        "--embedding-head-rows",
         "--embedding-rank", "--embedding-scale-format", "--embedding-tail-bits", "--int8-body"]
     assert translation == language_model  # the same help, written once
 
@@ -308,6 +309,27 @@ def test_language_model_with_a_tensor_train_embedding(lm_dict_dir):
     assert isinstance(embedding, TensorTrainEmbedding)
     assert model.decoder.output_projection.embedding is embedding  # tied through the TT
     assert embedding.num_compressed_params() * 4 <= (VOCAB_WORDS + 4) * 64
+
+
+def test_language_model_with_a_dense_head_embedding(lm_dict_dir):
+    """The 20 most frequent rows dense, the rest f(U)·W: one module, tied, logits through it."""
+    from fairseq_distilled_emb.modules import DenseHeadEmbedding
+
+    torch.manual_seed(0)
+    _, task, model = build_lm(lm_dict_dir, "--share-decoder-input-output-embed",
+                              "--embedding-factorization", "dense-head", "--embedding-dense-rows",
+                              "20", "--embedding-compression", "4")
+    (embedding,) = compressed_embeddings(model)  # its low-rank tail is not a second embedding
+    assert isinstance(embedding, DenseHeadEmbedding)
+    assert model.decoder.output_projection.embedding is embedding
+    assert (embedding.head_rows, embedding.rank) == (20, 10)  # 20·64 + 10·(284+64) ≤ 304·64/4
+    model.eval()
+    tokens = random_tokens(task, (2, 6), seed=2)
+    with torch.no_grad():
+        features = model(tokens)[0]
+        log_probs = model.get_normalized_probs(model(tokens), log_probs=True)
+        expected = torch.log_softmax(features @ embedding.materialize().t(), dim=-1)
+    torch.testing.assert_close(log_probs, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_distillation_gets_logits_from_a_compressed_student_and_teacher(tied_lm):
