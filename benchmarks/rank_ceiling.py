@@ -12,11 +12,18 @@ bottleneck on its own, with the teacher's body untouched: the students' fine-tun
 (their reconstruction init is within 0.2 % of the rank-r SVD in relative error). The files are
 stock fairseq checkpoints holding the V×d product, not its factors: a diagnostic, not a model to
 ship. They go under ``<results>/rank-ceiling/``; each finished rank is reused on a re-run.
+
+``--dense-rows K`` measures the ``dense-head`` kind's ceiling instead: the first K rows (the
+specials and the most frequent words) keep the teacher's own rows and only the rest is replaced by
+its rank-r approximation (the ranks are then the tail's; ``--embedding-compression`` of a
+dense-head student gives K·d + r·(V−K+d) parameters).
 """
 
 import argparse
 import json
 from pathlib import Path
+
+import torch
 
 from benchmarks.common import load_recipe
 from examples.multi30k.commands import log_like_fairseq_cli
@@ -27,13 +34,14 @@ from fairseq_distilled_emb.factorization import relative_error, truncated_svd_fa
 TIED_KEYS = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")
 
 
-def with_rank(teacher: Path, rank: int, out: Path) -> float:
+def with_rank(teacher: Path, rank: int, out: Path, dense_rows: int = 0) -> float:
     """Write the teacher with its tied E replaced by the best rank-``rank`` approximation (the
-    product of the students' SVD factors) to ``out``; return its relative Frobenius error."""
+    product of the students' SVD factors) to ``out``, its first ``dense_rows`` rows kept as they
+    are; return its relative Frobenius error."""
     state = load_checkpoint(teacher)
     matrix = state["model"][TIED_KEYS[0]]
-    left, right = truncated_svd_factors(matrix, rank)
-    approximation = (left @ right).to(matrix.dtype)
+    left, right = truncated_svd_factors(matrix[dense_rows:], rank)
+    approximation = torch.cat([matrix[:dense_rows], (left @ right).to(matrix.dtype)])
     for key in TIED_KEYS:
         if key in state["model"]:
             state["model"][key] = approximation
@@ -49,6 +57,8 @@ def main():
                         help="a finished examples/language_model/run.py results directory")
     parser.add_argument("--profile", default="wikitext2-cpu")
     parser.add_argument("--ranks", type=int, nargs="+", required=True)
+    parser.add_argument("--dense-rows", type=int, default=0, help="keep the teacher's first K "
+                        "rows (the dense-head kind's head) and approximate only the rest")
     parser.add_argument("--subset", default="valid", help="the split scored (choices are made "
                         "on valid)")
     args = parser.parse_args()
@@ -59,17 +69,18 @@ def main():
     data_bin, teacher = args.results / "data-bin", args.results / "teacher" / "checkpoint_best.pt"
     rows = {}
     for rank in args.ranks:
-        out_dir = args.results / "rank-ceiling" / f"rank{rank}"
+        name = f"head{args.dense_rows}_rank{rank}" if args.dense_rows else f"rank{rank}"
+        out_dir = args.results / "rank-ceiling" / name
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = out_dir / "checkpoint.pt"
         error_file = out_dir / "relative_error.json"
         if not error_file.exists():
-            error = with_rank(teacher, rank, checkpoint)
+            error = with_rank(teacher, rank, checkpoint, args.dense_rows)
             error_file.write_text(json.dumps({"relative_error": error}))
         score = recipe.evaluate(data_bin, checkpoint, out_dir, args.results, args, profile,
-                                f"rank_ceiling_{rank}", subset=args.subset)
+                                f"rank_ceiling_{name}", subset=args.subset)
         rows[rank] = {**json.loads(error_file.read_text()), **score}
-        print(f"rank {rank}: relative error {rows[rank]['relative_error']:.4f}, {args.subset} "
+        print(f"{name}: relative error {rows[rank]['relative_error']:.4f}, {args.subset} "
               f"perplexity {score['perplexity']:.2f}", flush=True)
     print(json.dumps(rows, indent=2))
 

@@ -88,3 +88,29 @@ python -m examples.multi30k.run --profile cpu --device cpu --results $R2 \
     --data-dir ../shared/data/multi30k --rows distilled_8x --student-updates 1000
 python -m benchmarks.bytes_frontier --results $R2 --profile cpu --factor-bits 4 3 \
     --log8-scales distilled_8x_ptq_int4 --points distilled_8x_ptq_int3 distilled_8x_ptq_int4_log8
+# 7. the equal-updates reference for stage 6: the teacher trained on 1,000 more updates (the
+#    1,000-update student's budget), and its E in codes
+python -m examples.multi30k.run --profile cpu --device cpu --results $R2 \
+    --data-dir ../shared/data/multi30k --rows teacher_continued --student-updates 1000
+#    (stage 6's points again: bytes.md holds the points of the last call; finished ones are kept)
+python -m benchmarks.bytes_frontier --results $R2 --profile cpu --teacher-bits 4 3 2 \
+    --factor-bits 4 3 --log8-scales distilled_8x_ptq_int4 \
+    --points teacher_continued teacher_continued_int4 teacher_continued_int3 teacher_continued_int2 \
+    distilled_8x_fp32_factors distilled_8x_ptq_int3 distilled_8x_ptq_int4_log8
+# 8. the 16x student given 2,000 updates (the >= 90x point), then its codes; the split and the
+#    scales chosen on valid as in stage 3
+R3=results/multi30k-cpu-tc-u2000
+mkdir -p $R3/teacher
+for f in data data-bin; do ln -sfn "$(realpath $SRC/$f)" $R3/$f; done
+for f in checkpoint_best.pt checkpoint_last.pt eval.json exported_fp16.pt test.hyp.en train.json; do
+    cp -P --remove-destination $R/teacher/$f $R3/teacher/$f
+done
+python -m examples.multi30k.run --profile cpu --device cpu --results $R3 \
+    --data-dir ../shared/data/multi30k --rows distilled_16x --student-updates 2000
+python -m benchmarks.bytes_frontier --results $R3 --profile cpu --factor-bits 8 4 3 \
+    --log8-scales distilled_16x_ptq_int4 distilled_16x_ptq_int3 \
+    --w-fp16 distilled_16x_ptq_int4_log8 distilled_16x_ptq_int3_log8 \
+    --tail-bits distilled_16x_ptq_int4_log8_w16:3:5650 distilled_16x_ptq_int4_log8_w16:3:4000 \
+    --points distilled_16x_fp32_factors distilled_16x_ptq_int8 distilled_16x_ptq_int4 \
+    distilled_16x_ptq_int4_log8_w16 distilled_16x_ptq_int4_log8_w16_h5650t3 \
+    distilled_16x_ptq_int4_log8_w16_h4000t3 distilled_16x_ptq_int3_log8_w16
