@@ -31,8 +31,8 @@ from examples import adaptive_size, dense_size
 from examples.language_model import corpora
 from examples.language_model.perplexity_table import write_report
 from examples.language_model.profiles import (  # noqa: F401  (also read as recipe.X elsewhere)
-    ALL_ROWS, COMMON_TRAIN, MAIN_ROWS, POST_TRAINING_ROWS, PROFILES, ROWS, STUDENT_BETA,
-    TEACHER_DESCRIPTION, Profile)
+    ALL_ROWS, COMMON_TRAIN, DENSE_HEAD_ROWS, MAIN_ROWS, POST_TRAINING_ROWS, PROFILES, ROWS,
+    STUDENT_BETA, TEACHER_DESCRIPTION, Profile)
 from fairseq_distilled_emb import factorization
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 from fairseq_distilled_emb.cli.stats import embedding_summary, model_config

@@ -30,15 +30,13 @@ from fairseq_distilled_emb.checkpoints import (
 from fairseq_distilled_emb.cli.project_in_out_export import FACTOR_KEYS, factors_as_projections
 from fairseq_distilled_emb.cli.quantized_export import int8_body, quantize_embeddings
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
+from fairseq_distilled_emb.models.compressed_embedding_config import COMPRESSED_EMBEDDING_KEYS
 from fairseq_distilled_emb.modules import compressed_keys, saved_compressed_embeddings
 from fairseq_distilled_emb.quantization import SCALE_FORMATS, check_bits
 
 logger = logging.getLogger(__name__)
 
-PLUGIN_MODEL_KEYS = ("embedding_rank", "embedding_compression", "embedding_activation",
-                     "embedding_factorization", "embedding_bits", "embedding_bits_from_update",
-                     "embedding_scale_format", "embedding_tail_bits", "embedding_head_rows",
-                     "int8_body")
+PLUGIN_MODEL_KEYS = COMPRESSED_EMBEDDING_KEYS
 PLUGIN_TASK_SUFFIX = "_reconstruction_init"
 DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
 DISTILLATION_CRITERION_KEYS = (

@@ -2,7 +2,7 @@
 parser (fairseq's ``gen_parser_from_dataclass``) and the language model's dataclass config inherits
 them, so both architectures accept the same flags with the same help."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -80,3 +80,8 @@ class CompressedEmbeddingConfig(FairseqDataclass):
         metadata={"help": "set by fairseq-distilled-emb export --int8-body: the encoder/decoder "
                           "layers' Linear weights are int8 codes (decoding only)"},
     )
+
+
+#: the model-config keys these flags write (what a stock model's config must not carry)
+COMPRESSED_EMBEDDING_KEYS = tuple(f.name for f in fields(CompressedEmbeddingConfig)
+                                  if not f.name.startswith("_"))

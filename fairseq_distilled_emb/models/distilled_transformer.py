@@ -7,6 +7,7 @@ named architecture calls the matching dense fairseq architecture, so a recipe sw
 
 import argparse
 import logging
+from dataclasses import fields
 
 from fairseq.models import register_model, register_model_architecture
 from omegaconf import DictConfig, OmegaConf
@@ -117,16 +118,10 @@ class DistilledTransformerModel(TransformerModel):
 
 
 def _distilled_defaults(args):
-    args.embedding_rank = getattr(args, "embedding_rank", None)
-    args.embedding_compression = getattr(args, "embedding_compression", None)
-    args.embedding_activation = getattr(args, "embedding_activation", "relu")
-    args.embedding_factorization = getattr(args, "embedding_factorization", "low-rank")
-    args.embedding_bits = getattr(args, "embedding_bits", None)
-    args.embedding_bits_from_update = getattr(args, "embedding_bits_from_update", 0)
-    args.embedding_scale_format = getattr(args, "embedding_scale_format", None)
-    args.embedding_tail_bits = getattr(args, "embedding_tail_bits", None)
-    args.embedding_head_rows = getattr(args, "embedding_head_rows", None)
-    args.int8_body = getattr(args, "int8_body", False)
+    """The compressed-embedding flags' dataclass defaults, where the args lack them."""
+    for item in fields(CompressedEmbeddingConfig):
+        if not item.name.startswith("_") and not hasattr(args, item.name):
+            setattr(args, item.name, item.default)
 
 
 @register_model_architecture("distilled_transformer", "distilled_transformer")

@@ -45,14 +45,15 @@ def translation_commands(recipe, profile_name, args):
 
 def language_model_commands(lm, profile_name, args):
     """``{stage: fairseq-train command}`` of the teacher and of every row that trains (the
-    post-training rows run export and eval-lm only; the adaptive rows on WikiText-2 only: a 4k
-    sentencepiece vocabulary has no adaptive input as small as the 16x student)."""
+    post-training rows run export and eval-lm only; the adaptive and dense-head rows on WikiText-2
+    only: a 4k sentencepiece vocabulary has no adaptive input as small as the 16x student, and a
+    1,000-word dense head fills its 8x budget)."""
     profile = lm.with_overrides(lm.PROFILES[profile_name], args)
     vocab = WIKITEXT2_VOCAB if profile.corpus == "wikitext2" else LM_VOCAB
     flags = {"teacher": lm.teacher_flags(profile, args)}
     for row in lm.ALL_ROWS:
-        adaptive = row in lm.ROWS and lm.ROWS[row].kind == "adaptive"
-        if row not in lm.POST_TRAINING_ROWS and (profile.corpus == "wikitext2" or not adaptive):
+        word_level = row in lm.DENSE_HEAD_ROWS or (row in lm.ROWS and lm.ROWS[row].kind == "adaptive")
+        if row not in lm.POST_TRAINING_ROWS and (profile.corpus == "wikitext2" or not word_level):
             flags[row] = lm.row_flags(row, profile, args, vocab, "teacher.pt")
     return {name: lm.recipe.train_command(Path("data-bin"), Path("rows") / name, row_flags)
             for name, row_flags in flags.items()}
@@ -78,8 +79,8 @@ def test_every_language_model_training_command_carries_each_flag_once(profile_na
                                                                       fp16, student_updates):
     commands = language_model_commands(load_recipe("language_model"), profile_name,
                                        recipe_args(use_gpu, fp16, student_updates))
-    # the teacher and the rows that train (the two adaptive ones on WikiText-2)
-    assert len(commands) == (13 if profile_name.startswith("wikitext2") else 11)
+    # the teacher and the rows that train (the two adaptive and four dense-head ones on WikiText-2)
+    assert len(commands) == (17 if profile_name.startswith("wikitext2") else 11)
     assert {name: repeated(command) for name, command in commands.items()
             if repeated(command)} == {}
 
