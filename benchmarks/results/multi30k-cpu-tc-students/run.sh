@@ -8,6 +8,15 @@ set -euo pipefail
 SRC=results/multi30k-cpu
 R=results/multi30k-cpu-tc
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# a results directory of its own for a row given another budget (stages 6-8: the row's name is
+# the same): the same data and dictionary, and stage 0's teacher
+budget_dir() {
+    mkdir -p "$1/teacher"
+    for f in data data-bin; do ln -sfn "$(realpath $SRC/$f)" "$1/$f"; done
+    for f in checkpoint_best.pt checkpoint_last.pt eval.json exported_fp16.pt test.hyp.en train.json; do
+        cp -P --remove-destination "$R/teacher/$f" "$1/teacher/$f"
+    done
+}
 # 0. the results directory: the same data and dictionary, the continued teacher as its teacher.
 #    Its train.json keeps the first stage's settings (what the recipe checks a teacher against)
 #    and records the continuation in "continued_from", with the updates and seconds of both.
@@ -79,11 +88,7 @@ python -m benchmarks.decode_speed $R/data-bin $R/rows/teacher_continued/checkpoi
 # 6. the 8x student given 1,000 updates (a results directory of its own: the row name is the
 #    same), then its int3 and int4 (1-byte scales) f(U)
 R2=results/multi30k-cpu-tc-u1000
-mkdir -p $R2/teacher
-for f in data data-bin; do ln -sfn "$(realpath $SRC/$f)" $R2/$f; done
-for f in checkpoint_best.pt checkpoint_last.pt eval.json exported_fp16.pt test.hyp.en train.json; do
-    cp -P --remove-destination $R/teacher/$f $R2/teacher/$f
-done
+budget_dir $R2
 python -m examples.multi30k.run --profile cpu --device cpu --results $R2 \
     --data-dir ../shared/data/multi30k --rows distilled_8x --student-updates 1000
 python -m benchmarks.bytes_frontier --results $R2 --profile cpu --factor-bits 4 3 \
@@ -100,11 +105,7 @@ python -m benchmarks.bytes_frontier --results $R2 --profile cpu --teacher-bits 4
 # 8. the 16x student given 2,000 updates (the >= 90x point), then its codes; the split and the
 #    scales chosen on valid as in stage 3
 R3=results/multi30k-cpu-tc-u2000
-mkdir -p $R3/teacher
-for f in data data-bin; do ln -sfn "$(realpath $SRC/$f)" $R3/$f; done
-for f in checkpoint_best.pt checkpoint_last.pt eval.json exported_fp16.pt test.hyp.en train.json; do
-    cp -P --remove-destination $R/teacher/$f $R3/teacher/$f
-done
+budget_dir $R3
 python -m examples.multi30k.run --profile cpu --device cpu --results $R3 \
     --data-dir ../shared/data/multi30k --rows distilled_16x --student-updates 2000
 python -m benchmarks.bytes_frontier --results $R3 --profile cpu --factor-bits 8 4 3 \
