@@ -48,33 +48,34 @@ python -m examples.multi30k.run --profile cpu --device cpu --results $R \
 # 3. every point by bytes (valid for choices, test reported), the 16x tail split chosen on valid.
 #    (Run here as three invocations with parts of --points, two beside stage 2's training; the
 #    points are the same files, and a finished point is skipped.)
-python -m benchmarks.bytes_frontier --results $R --profile cpu --factor-bits 8 6 4 3 2 \
-    --int8-body teacher_int4 teacher_int3 teacher_continued_int4 teacher_continued_int3 \
-    distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_4x_ptq_int8 distilled_4x_ptq_int4 \
-    distilled_4x_ptq_int3_log8_w16 \
-    --log8-scales distilled_8x_ptq_int4 distilled_8x_ptq_int3 distilled_4x_ptq_int4 \
-    distilled_4x_ptq_int3 distilled_16x_ptq_int4 distilled_16x_ptq_int3 \
-    --w-fp16 distilled_4x_ptq_int4_log8 distilled_4x_ptq_int3_log8 distilled_16x_ptq_int4_log8 \
-    distilled_16x_ptq_int3_log8 \
-    --tail-bits distilled_16x_ptq_int4_log8_w16:3:5650 distilled_16x_ptq_int4_log8_w16:3:4000 \
-    distilled_16x_ptq_int4_log8_w16:3:3000 \
-    --points teacher_fp16 teacher_int4 teacher_int3 teacher_int2 \
-    teacher_continued teacher_continued_int4 teacher_continued_int3 teacher_continued_int2 \
-    dense_8x dense_8x_int4 dense_8x_int3 \
-    distilled_4x_fp32_factors distilled_4x_ptq_int8 distilled_4x_ptq_int6 distilled_4x_ptq_int4 \
-    distilled_4x_ptq_int3 distilled_4x_ptq_int2 distilled_4x_ptq_int4_log8_w16 \
-    distilled_4x_ptq_int3_log8_w16 \
-    distilled_8x_fp32_factors distilled_8x_ptq_int8 distilled_8x_ptq_int6 \
-    distilled_8x_ptq_int4 distilled_8x_ptq_int4_log8 distilled_8x_ptq_int3 \
-    distilled_8x_ptq_int3_log8 distilled_8x_ptq_int2 \
-    distilled_16x_fp32_factors distilled_16x_ptq_int8 distilled_16x_ptq_int4 \
-    distilled_16x_ptq_int4_log8_w16 distilled_16x_ptq_int4_log8_w16_h5650t3 \
-    distilled_16x_ptq_int4_log8_w16_h4000t3 distilled_16x_ptq_int4_log8_w16_h3000t3 \
-    distilled_16x_ptq_int3_log8_w16 \
-    teacher_int4_int8body teacher_int3_int8body teacher_continued_int4_int8body \
-    teacher_continued_int3_int8body distilled_8x_ptq_int8_int8body distilled_8x_ptq_int4_int8body \
-    distilled_4x_ptq_int8_int8body distilled_4x_ptq_int4_int8body \
-    distilled_4x_ptq_int3_log8_w16_int8body
+FRONTIER=(--results $R --profile cpu --factor-bits 8 6 4 3 2
+    --int8-body teacher_int4 teacher_int3 teacher_continued_int4 teacher_continued_int3
+    distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_4x_ptq_int8 distilled_4x_ptq_int4
+    distilled_4x_ptq_int3_log8_w16
+    --log8-scales distilled_8x_ptq_int4 distilled_8x_ptq_int3 distilled_4x_ptq_int4
+    distilled_4x_ptq_int3 distilled_16x_ptq_int4 distilled_16x_ptq_int3
+    --w-fp16 distilled_4x_ptq_int4_log8 distilled_4x_ptq_int3_log8 distilled_16x_ptq_int4_log8
+    distilled_16x_ptq_int3_log8
+    --tail-bits distilled_16x_ptq_int4_log8_w16:3:5650 distilled_16x_ptq_int4_log8_w16:3:4000
+    distilled_16x_ptq_int4_log8_w16:3:3000
+    --points teacher_fp16 teacher_int4 teacher_int3 teacher_int2
+    teacher_continued teacher_continued_int4 teacher_continued_int3 teacher_continued_int2
+    dense_8x dense_8x_int4 dense_8x_int3
+    distilled_4x_fp32_factors distilled_4x_ptq_int8 distilled_4x_ptq_int6 distilled_4x_ptq_int4
+    distilled_4x_ptq_int3 distilled_4x_ptq_int2 distilled_4x_ptq_int4_log8_w16
+    distilled_4x_ptq_int3_log8_w16
+    distilled_8x_fp32_factors distilled_8x_ptq_int8 distilled_8x_ptq_int6
+    distilled_8x_ptq_int4 distilled_8x_ptq_int4_log8 distilled_8x_ptq_int3
+    distilled_8x_ptq_int3_log8 distilled_8x_ptq_int2
+    distilled_16x_fp32_factors distilled_16x_ptq_int8 distilled_16x_ptq_int4
+    distilled_16x_ptq_int4_log8_w16 distilled_16x_ptq_int4_log8_w16_h5650t3
+    distilled_16x_ptq_int4_log8_w16_h4000t3 distilled_16x_ptq_int4_log8_w16_h3000t3
+    distilled_16x_ptq_int3_log8_w16
+    teacher_int4_int8body teacher_int3_int8body teacher_continued_int4_int8body
+    teacher_continued_int3_int8body distilled_8x_ptq_int8_int8body distilled_8x_ptq_int4_int8body
+    distilled_4x_ptq_int8_int8body distilled_4x_ptq_int4_int8body
+    distilled_4x_ptq_int3_log8_w16_int8body)
+python -m benchmarks.bytes_frontier "${FRONTIER[@]}"
 # 4. the deployment anchor: CTranslate2 int8 of the teacher continued 500 more
 python -m benchmarks.ctranslate2_anchor --results $R --rows teacher_continued
 # 5. decode speed, side by side in one run, nothing else on the cores (both threads)
@@ -115,3 +116,10 @@ python -m benchmarks.bytes_frontier --results $R3 --profile cpu --factor-bits 8 
     --points distilled_16x_fp32_factors distilled_16x_ptq_int8 distilled_16x_ptq_int4 \
     distilled_16x_ptq_int4_log8_w16 distilled_16x_ptq_int4_log8_w16_h5650t3 \
     distilled_16x_ptq_int4_log8_w16_h4000t3 distilled_16x_ptq_int3_log8_w16
+# 9. [C] dense-head at 8x: the 128 or 256 most frequent pieces' rows dense, f(U)*W of the largest
+#    rank that fits the rest of the 8x budget (27 / 23); K chosen on valid. Then stage 3's call
+#    again with their two points added (every other point is found done)
+python -m examples.multi30k.run --profile cpu --device cpu --results $R \
+    --data-dir ../shared/data/multi30k --jobs 2 --rows distilled_8x_head256 distilled_8x_head128
+python -m benchmarks.bytes_frontier "${FRONTIER[@]}" distilled_8x_head256_fp32_factors \
+    distilled_8x_head128_fp32_factors
