@@ -36,7 +36,6 @@ from fairseq_distilled_emb.quantization import SCALE_FORMATS, check_bits
 
 logger = logging.getLogger(__name__)
 
-PLUGIN_MODEL_KEYS = COMPRESSED_EMBEDDING_KEYS
 PLUGIN_TASK_SUFFIX = "_reconstruction_init"
 DISTILLATION_CRITERION = "label_smoothed_cross_entropy_with_distillation"
 DISTILLATION_CRITERION_KEYS = (
@@ -261,7 +260,7 @@ def dense_model_config(model_cfg: dict):
     """Point the saved model config at fairseq's dense architecture of the same family."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    for key in PLUGIN_MODEL_KEYS:
+    for key in COMPRESSED_EMBEDDING_KEYS:
         model_cfg.pop(key, None)
     arch = saved_arch(model_cfg)
     if not arch.startswith("distilled_"):

@@ -71,10 +71,13 @@ class DenseHeadEmbedding(CompressedEmbedding):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.head_rows, self.rank, self.padding_idx = head_rows, rank, padding_idx
         self.head = nn.Parameter(torch.empty(head_rows, embedding_dim))
-        tail_padding = None if padding_idx is None or padding_idx < head_rows else \
-            padding_idx - head_rows
-        self.tail = FactorizedEmbedding(num_embeddings - head_rows, embedding_dim, rank,
-                                        tail_padding, activation=activation)
+        # the padding row lies in the head or in the tail (there, the tail's own row index)
+        in_head = padding_idx is not None and padding_idx < head_rows
+        self.head_padding_idx = padding_idx if in_head else None
+        self.tail = FactorizedEmbedding(
+            num_embeddings - head_rows, embedding_dim, rank,
+            None if padding_idx is None or in_head else padding_idx - head_rows,
+            activation=activation)
         nn.init.normal_(self.head, mean=0.0, std=embedding_dim ** -0.5)  # fairseq's Embedding
         self._zero_padding_row()
 
@@ -93,14 +96,12 @@ class DenseHeadEmbedding(CompressedEmbedding):
 
     @torch.no_grad()
     def _zero_padding_row(self):
-        if self.padding_idx is not None and self.padding_idx < self.head_rows:
-            self.head[self.padding_idx].zero_()
+        if self.head_padding_idx is not None:
+            self.head[self.head_padding_idx].zero_()
 
     def head_weight(self):
         """The head table with the padding row forced to zero (differentiable)."""
-        padding = self.padding_idx if self.padding_idx is not None and \
-            self.padding_idx < self.head_rows else None
-        return with_zero_row(self.head, padding)
+        return with_zero_row(self.head, self.head_padding_idx)
 
     def forward(self, tokens):
         """Each token's row from the head or from the tail (both gathered: the tail costs r·d)."""

@@ -52,7 +52,8 @@ def language_model_commands(lm, profile_name, args):
     vocab = WIKITEXT2_VOCAB if profile.corpus == "wikitext2" else LM_VOCAB
     flags = {"teacher": lm.teacher_flags(profile, args)}
     for row in lm.ALL_ROWS:
-        word_level = row in lm.DENSE_HEAD_ROWS or (row in lm.ROWS and lm.ROWS[row].kind == "adaptive")
+        word_level = row in lm.DENSE_HEAD_ROWS or (row in lm.ROWS
+                                                   and lm.ROWS[row].kind == "adaptive")
         if row not in lm.POST_TRAINING_ROWS and (profile.corpus == "wikitext2" or not word_level):
             flags[row] = lm.row_flags(row, profile, args, vocab, "teacher.pt")
     return {name: lm.recipe.train_command(Path("data-bin"), Path("rows") / name, row_flags)

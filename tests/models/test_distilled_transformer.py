@@ -28,8 +28,8 @@ NAMED_ARCHS = [
 ]
 EMBEDDING_FLAGS = {"embedding_rank", "embedding_compression", "embedding_activation",
                    "embedding_factorization", "embedding_dense_rows", "embedding_bits",
-                   "embedding_bits_from_update", "embedding_scale_format", "embedding_tail_bits", "embedding_head_rows",
-                   "int8_body"}
+                   "embedding_bits_from_update", "embedding_scale_format", "embedding_tail_bits",
+                   "embedding_head_rows", "int8_body"}
 
 
 def num_params(model):

@@ -1,6 +1,6 @@
 """DenseHeadEmbedding (the K most frequent rows dense, f(U)·W for the rest): interface, size,
 reconstruction start, bad flags, and the stock tools (train from a teacher, generate, stats,
-export --dense / --fp16, the refused int codes)."""
+export --dense, the refused int codes)."""
 
 import re
 
