@@ -295,6 +295,11 @@ CASES = {  # the table's input cell -> the case
                       "--embedding-compression", "4"),
         TRAIN + "--embedding-factorization dense-head needs --embedding-dense-rows K (how many of "
         "the most frequent words keep dense rows, e.g. 2000)"),
+    "`--embedding-dense-rows` without `--embedding-factorization dense-head`": lambda c: (
+        c.train_plain("--share-all-embeddings", "--embedding-dense-rows", "20",
+                      "--embedding-compression", "4"),
+        TRAIN + "--embedding-dense-rows needs --embedding-factorization dense-head (low-rank "
+        "factorizes every row): add it, or drop --embedding-dense-rows"),
     "`--embedding-dense-rows` holding the whole budget": lambda c: (
         c.train_plain("--share-all-embeddings", "--embedding-factorization", "dense-head",
                       "--embedding-dense-rows", "300", "--embedding-compression", "4"),

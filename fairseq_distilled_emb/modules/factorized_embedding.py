@@ -67,6 +67,10 @@ class FactorizedEmbedding(CompressedEmbedding):
             raise DistilledEmbeddingError(
                 "--embedding-tail-bits/--embedding-head-rows are written by fairseq-distilled-emb "
                 "export (two code widths, post-training); fine-tune with --embedding-bits only")
+        if getattr(args, "embedding_dense_rows", None) is not None:
+            raise DistilledEmbeddingError(
+                "--embedding-dense-rows needs --embedding-factorization dense-head (low-rank "
+                "factorizes every row): add it, or drop --embedding-dense-rows")
         if bits is not None:
             quantization.check_bits(bits)
             if activation not in quantization.RESCALABLE_ACTIVATIONS:
