@@ -41,8 +41,9 @@ def read_split(corpus: str, data_dir: Path, split: str, limit: Optional[int]) ->
     return lines[:limit] if limit else lines
 
 
-def prepare(args, profile, results: Path) -> Path:
-    """Raw text → (sentencepiece for Multi30k) → fairseq-preprocess --only-source."""
+def prepare(args, profile, results: Path, srcdict: Optional[Path] = None) -> Path:
+    """Raw text → (sentencepiece for Multi30k) → fairseq-preprocess --only-source (with
+    ``srcdict``, a shipped teacher's dictionary, instead of a new one)."""
     data_bin = results / "data-bin"
     if (data_bin / "preprocess.done").exists():
         return data_bin
@@ -60,7 +61,7 @@ def prepare(args, profile, results: Path) -> Path:
     recipe.binarize(results, data_bin, [
         "--only-source", "--trainpref", f"{work}/train.{suffix}.en",
         "--validpref", f"{work}/valid.{suffix}.en", "--testpref", f"{work}/test.{suffix}.en",
-        *limit])
+        *(["--srcdict", str(srcdict)] if srcdict else limit)])
     return data_bin
 
 

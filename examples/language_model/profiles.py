@@ -4,6 +4,7 @@ student of the teacher, the same-size dense model, the teacher trained on). ``ru
 ``benchmarks/schedule_sweep.py --recipe language_model`` reads them from there."""
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
 from examples.multi30k.profiles import ROWS as TRANSLATION_ROWS
@@ -34,6 +35,9 @@ class Profile:
     # every row also scored on valid (fairseq-eval-lm --gen-subset valid): where the by-bytes
     # choices between rows are made; off where the numbers are only plumbing or for a quick demo
     score_valid: bool = False
+    # a teacher this profile trained, packed by examples/language_model/shipped_teacher.py and
+    # committed: installed instead of training one (``--train-teacher`` trains it anyway)
+    shipped_teacher: Optional[Path] = None
 
 
 #: dense-head students sized for a word-level vocabulary (WikiText-2's 33,280 words): at 8x the

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from examples import adaptive_size, dense_size
-from examples.language_model import corpora
+from examples.language_model import corpora, shipped_teacher
 from examples.language_model.perplexity_table import write_report
 from examples.language_model.profiles import (  # noqa: F401  (also read as recipe.X elsewhere)
     ALL_ROWS, COMMON_TRAIN, DENSE_HEAD_ROWS, MAIN_ROWS, POST_TRAINING_ROWS, PROFILES, ROWS,
@@ -268,6 +268,11 @@ def main(argv=None):
                         help="sentencepiece vocabulary, or WikiText-2's most frequent words kept "
                         "(default: the profile's; 0: all)")
     parser.add_argument("--rows", nargs="*", choices=ALL_ROWS, help="student/baseline rows to run")
+    parser.add_argument("--shipped-teacher", type=Path, metavar="DIR",
+                        help="use the teacher packed in DIR (examples/language_model/"
+                        "shipped_teacher.py) instead of training one (default: the profile's)")
+    parser.add_argument("--train-teacher", action="store_true",
+                        help="train the teacher even where the profile ships one")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="train in fp32 on GPU")
     parser.add_argument("--max-tokens", type=int, help="override the profile's --max-tokens")
@@ -280,17 +285,26 @@ def main(argv=None):
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
     profile = with_overrides(PROFILES[args.profile], args)
     args.data_dir = args.data_dir or corpora.DEFAULT_DATA[profile.corpus]
+    if args.shipped_teacher and (args.train_teacher or args.vocab_size is not None):
+        parser.error("--shipped-teacher brings its own teacher and dictionary: drop "
+                     "--train-teacher and --vocab-size, or --shipped-teacher")
+    shipped = None if args.train_teacher else args.shipped_teacher or profile.shipped_teacher
+    if shipped:
+        shipped_teacher.verify(shipped)
     default_name = args.profile if profile.corpus == "wikitext2" else f"multi30k-{args.profile}"
     results = args.results or REPO / "results" / f"lm-{default_name}"
     results.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data_bin = corpora.prepare(args, profile, results)
+    data_bin = corpora.prepare(args, profile, results, shipped and shipped / "dict.txt")
     vocab = dictionary_size(data_bin)
     rows, teacher_ckpt = {}, None
     if needs_teacher(args.rows or profile.rows):
         teacher_dir = results / "teacher"
-        teacher_summary = train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher",
-                                results)
+        if shipped:
+            shipped_teacher.check_dictionary(shipped, data_bin)
+        teacher_summary = (shipped_teacher.install(shipped, teacher_dir) if shipped else
+                           train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher",
+                                 results))
         teacher_ckpt = teacher_dir / "checkpoint_best.pt"
         teacher_scores = scores(data_bin, teacher_ckpt, teacher_dir, results, args, profile,
                                 "teacher")

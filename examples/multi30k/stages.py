@@ -148,7 +148,7 @@ def verify_shipped_teacher(shipped: Path) -> None:
         expected, name = line.split()
         found = file_sha256(shipped / name)
         if found != expected:
-            raise SystemExit(f"{shipped / name}: SHA-256 {found} differs from the recorded "
+            raise SystemExit(f"error: {shipped / name}: SHA-256 {found} differs from the recorded "
                              f"{expected}; restore the file (git checkout) or pass --train-teacher")
 
 

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""A language-model teacher trained by a profile and shipped beside the recipe, so that a run (or a
+later session whose disk did not keep ``results/``) spends its hours on the students, not on
+re-training the teacher: the WikiText-2 cpu teacher takes ~5 hours of 2 CPU cores.
+
+A shipped teacher is a directory of four files, as the translation demo's (examples/multi30k/
+demo_teacher/):
+
+- ``teacher_fp16.pt``: ``fairseq-distilled-emb export --fp16`` of the teacher's checkpoint_best.pt
+  (no optimizer state; loads with torch's weights-only unpickler; starts fairseq-train
+  ``--teacher-path`` and ``--finetune-from-model``);
+- ``dict.txt``: the fairseq dictionary it was trained with (the recipe binarizes with it, and a
+  data-bin built with another one is refused: word ids would not match the teacher's rows);
+- ``train.json``: the summary of the training run (updates, best valid loss, seconds, settings);
+- ``SHA256SUMS``: checked before anything is used.
+
+Pack one from a finished run (then commit the directory and record it as the profile's
+``shipped_teacher``):
+
+    python -m examples.language_model.shipped_teacher results/lm-wikitext2-cpu \\
+        examples/language_model/wikitext2_cpu_teacher
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict
+
+from examples.multi30k import run as recipe
+from examples.multi30k.commands import file_sha256, log_like_fairseq_cli
+
+SHIPPED_FILES = ("teacher_fp16.pt", "dict.txt", "train.json")
+
+
+def pack(results: Path, shipped: Path) -> None:
+    """``results``' finished teacher (its train.json exists) into a new ``shipped`` directory."""
+    teacher = results / "teacher"
+    if not (teacher / "train.json").exists():
+        raise SystemExit(f"error: {teacher} has no finished training (train.json): finish the "
+                         "teacher stage first")
+    if shipped.exists():
+        raise SystemExit(f"error: {shipped} exists: pass a new directory (nothing is replaced)")
+    shipped.mkdir(parents=True)
+    recipe.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16",
+                str(teacher / "checkpoint_best.pt"), str(shipped / "teacher_fp16.pt")],
+               results / "logs" / "teacher.ship.log")
+    shutil.copyfile(results / "data-bin" / "dict.txt", shipped / "dict.txt")
+    shutil.copyfile(teacher / "train.json", shipped / "train.json")
+    (shipped / "SHA256SUMS").write_text(
+        "".join(f"{file_sha256(shipped / name)}  {name}\n" for name in SHIPPED_FILES))
+
+
+def verify(shipped: Path) -> None:
+    """Every shipped file's SHA-256 as recorded when it was packed (the translation recipe's
+    check): a corrupted or swapped teacher or dictionary is refused before anything uses it."""
+    if not (shipped / "SHA256SUMS").is_file():
+        raise SystemExit(f"error: {shipped / 'SHA256SUMS'} not found: --shipped-teacher takes a "
+                         "directory written by python -m examples.language_model.shipped_teacher")
+    recipe.verify_shipped_teacher(shipped)
+
+
+def check_dictionary(shipped: Path, data_bin: Path) -> None:
+    """The data-bin's words must have the ids the teacher's rows were trained for."""
+    if (data_bin / "dict.txt").read_bytes() != (shipped / "dict.txt").read_bytes():
+        raise SystemExit(f"error: {data_bin / 'dict.txt'} differs from the shipped teacher's "
+                         f"{shipped / 'dict.txt'} (another corpus or --vocab-size): pass another "
+                         "--results, or --train-teacher to train a teacher on this data")
+
+
+def install(shipped: Path, teacher_dir: Path) -> Dict:
+    """Copy the verified shipped teacher to ``teacher_dir/checkpoint_best.pt`` (where the rows
+    look for it); return its training summary. A different teacher already there is refused,
+    not replaced."""
+    checkpoint, file = teacher_dir / "checkpoint_best.pt", shipped / "teacher_fp16.pt"
+    if checkpoint.exists() and file_sha256(checkpoint) != file_sha256(file):
+        raise SystemExit(f"error: {checkpoint} is another teacher than the shipped {file}: pass "
+                         "--train-teacher to keep using it, or another --results")
+    if not checkpoint.exists():
+        teacher_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, checkpoint)
+    return json.loads((shipped / "train.json").read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="a results directory whose teacher finished")
+    parser.add_argument("shipped", type=Path, help="the new directory to write")
+    args = parser.parse_args()
+    log_like_fairseq_cli()
+    pack(args.results, args.shipped)
+
+
+if __name__ == "__main__":
+    main()
