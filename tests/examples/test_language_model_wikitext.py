@@ -2,7 +2,7 @@
 ../shared's WikiText-2, or a generated WikiText-style corpus): word level through
 fairseq-preprocess, the teacher, an 8x student, the adaptive-input row at the student's embedding
 bytes and three post-training rows (the teacher's E, the student's f(U), adaptive input's bands),
-each scored by fairseq-eval-lm with a context window."""
+each scored by fairseq-eval-lm with a context window; then the teacher packed and shipped."""
 
 import gzip
 import hashlib
@@ -11,9 +11,13 @@ import re
 import shutil
 import sys
 
+import pytest
+
 from helpers import run_recipe
 
 from examples import adaptive_size
+from examples.language_model import run as lm_recipe
+from examples.language_model import shipped_teacher
 from fairseq_distilled_emb.checkpoints import load_checkpoint
 
 CODE_SHAPE_BYTES = 24  # the quantized kind's (3,) int64 buffer
@@ -88,63 +92,61 @@ def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path):
 
 def check_shipped_teacher(results, command, tmp_path):
     """The finished teacher packed (examples/language_model/shipped_teacher.py) and installed in a
-    new results directory instead of training one; a corrupted file or another dictionary is
-    refused before anything runs."""
+    new results directory instead of training one; a corrupted file, another dictionary or another
+    teacher already in place is refused before anything runs."""
     shipped = tmp_path / "shipped"
-    packed = run_recipe([sys.executable, "-m", "examples.language_model.shipped_teacher",
-                         str(results), str(shipped)], timeout=120)
-    assert packed.returncode == 0, packed.stderr[-2000:]
+    # what python -m examples.language_model.shipped_teacher RESULTS DIR runs
+    shipped_teacher.pack(results, shipped)
     sums = (shipped / "SHA256SUMS").read_text().splitlines()
     assert [line.split()[1] for line in sums] == ["teacher_fp16.pt", "dict.txt", "train.json"]
     assert (shipped / "dict.txt").read_bytes() == (results / "data-bin" / "dict.txt").read_bytes()
-    again = run_recipe([sys.executable, "-m", "examples.language_model.shipped_teacher",
-                        str(results), str(shipped)], timeout=120)
-    assert again.stderr.strip().splitlines()[-1] == (
-        f"error: {shipped} exists: pass a new directory (nothing is replaced)")
 
     other = tmp_path / "with-shipped"
     installed = run_recipe(command[:-4] + ["--results", str(other), "--data-dir", command[-1],
                                            "--shipped-teacher", str(shipped), "--rows",
-                                           "distilled_8x"], timeout=300)
+                                           "teacher_int4"], timeout=300)
     assert installed.returncode == 0, (installed.stdout + installed.stderr)[-3000:]
     assert not (other / "logs" / "teacher.train.log").exists()  # nothing trained it
-    teacher_file = (shipped / "teacher_fp16.pt").read_bytes()
-    assert (other / "teacher" / "checkpoint_best.pt").read_bytes() == teacher_file
+    assert (other / "teacher" / "checkpoint_best.pt").read_bytes() == (
+        shipped / "teacher_fp16.pt").read_bytes()
     rows = json.loads((other / "results.json").read_text())["rows"]
-    first = json.loads((results / "results.json").read_text())["rows"]["teacher"]
-    assert rows["teacher"]["updates"] == first["updates"]  # the shipped run's summary
-    # the fp16 teacher scores as the fp32 one it was exported from, to fp16 rounding
-    assert abs(rows["teacher"]["loss_base2"] - first["loss_base2"]) < 2e-3
-    recorded = json.loads((other / "rows" / "distilled_8x" / "train.json").read_text())
-    assert recorded["settings"]["teacher sha256"] == hashlib.sha256(teacher_file).hexdigest()[:16]
+    first = json.loads((results / "results.json").read_text())["rows"]
+    assert rows["teacher"]["updates"] == first["teacher"]["updates"]  # the shipped run's summary
+    # the fp16 teacher and its int4 E score as the fp32 ones, to fp16 rounding
+    for name in ("teacher", "teacher_int4"):
+        assert abs(rows[name]["loss_base2"] - first[name]["loss_base2"]) < 2e-3, name
 
-    # a data-bin binarized with another dictionary: refused before fairseq-train runs
-    shutil.copytree(results / "data-bin", tmp_path / "other-vocab" / "data-bin")
+    # refusals (in-process: the run above went through them): a data-bin binarized with another
+    # dictionary, another teacher in the results directory, an existing pack directory
     data_bin = tmp_path / "other-vocab" / "data-bin"
+    shutil.copytree(results / "data-bin", data_bin)
     with open(data_bin / "dict.txt", "a", encoding="utf-8") as handle:
         handle.write("unseen 1\n")
-    refused = run_recipe(command[:-4] + ["--results", str(tmp_path / "other-vocab"), "--data-dir",
-                                         command[-1], "--shipped-teacher", str(shipped)],
-                         timeout=300)
-    assert refused.stderr.strip().splitlines()[-1] == (
+    with pytest.raises(SystemExit) as refused:
+        shipped_teacher.check_dictionary(shipped, data_bin)
+    assert str(refused.value) == (
         f"error: {data_bin / 'dict.txt'} differs from the shipped teacher's "
         f"{shipped / 'dict.txt'} (another corpus or --vocab-size): pass another --results, or "
         "--train-teacher to train a teacher on this data")
-    assert not (tmp_path / "other-vocab" / "teacher").exists()
-    # the first run's own (fp32) teacher is not replaced by the shipped one
-    kept = run_recipe(command + ["--shipped-teacher", str(shipped)], timeout=120)
-    assert kept.stderr.strip().splitlines()[-1] == (
+    with pytest.raises(SystemExit) as refused:
+        shipped_teacher.install(shipped, results / "teacher")  # its own fp32 teacher
+    assert str(refused.value) == (
         f"error: {results / 'teacher' / 'checkpoint_best.pt'} is another teacher than the shipped "
         f"{shipped / 'teacher_fp16.pt'}: pass --train-teacher to keep using it, or another "
         "--results")
-    # a corrupted shipped file: refused before anything is read or written
+    with pytest.raises(SystemExit) as refused:
+        shipped_teacher.pack(results, shipped)
+    assert str(refused.value) == (
+        f"error: {shipped} exists: pass a new directory (nothing is replaced)")
+
+    # a corrupted shipped file: the recipe stops before it reads or writes anything
     (shipped / "train.json").write_text("{}")
-    corrupted = run_recipe(command[:-4] + ["--results", str(tmp_path / "none"), "--data-dir",
-                                           command[-1], "--shipped-teacher", str(shipped)],
-                           timeout=120)
+    with pytest.raises(SystemExit) as corrupted:
+        lm_recipe.main(command[3:-4] + ["--results", str(tmp_path / "none"), "--data-dir",
+                                        command[-1], "--shipped-teacher", str(shipped)])
     found = hashlib.sha256(b"{}").hexdigest()
     expected = next(line.split()[0] for line in sums if line.endswith("train.json"))
-    assert corrupted.stderr.strip().splitlines()[-1] == (
+    assert str(corrupted.value) == (
         f"error: {shipped / 'train.json'}: SHA-256 {found} differs from the recorded {expected}; "
         "restore the file (git checkout) or pass --train-teacher")
     assert not (tmp_path / "none").exists()
