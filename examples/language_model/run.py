@@ -285,10 +285,12 @@ def main(argv=None):
     args.use_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
     profile = with_overrides(PROFILES[args.profile], args)
     args.data_dir = args.data_dir or corpora.DEFAULT_DATA[profile.corpus]
-    if args.shipped_teacher and (args.train_teacher or args.vocab_size is not None):
-        parser.error("--shipped-teacher brings its own teacher and dictionary: drop "
-                     "--train-teacher and --vocab-size, or --shipped-teacher")
+    if args.shipped_teacher and args.train_teacher:
+        parser.error("--shipped-teacher and --train-teacher: give one of them")
     shipped = None if args.train_teacher else args.shipped_teacher or profile.shipped_teacher
+    if shipped and args.vocab_size is not None:
+        parser.error(f"--vocab-size: the shipped teacher ({shipped}) brings its own dictionary; "
+                     "add --train-teacher to train one on another vocabulary")
     if shipped:
         shipped_teacher.verify(shipped)
     default_name = args.profile if profile.corpus == "wikitext2" else f"multi30k-{args.profile}"
@@ -300,9 +302,7 @@ def main(argv=None):
     rows, teacher_ckpt = {}, None
     if needs_teacher(args.rows or profile.rows):
         teacher_dir = results / "teacher"
-        if shipped:
-            shipped_teacher.check_dictionary(shipped, data_bin)
-        teacher_summary = (shipped_teacher.install(shipped, teacher_dir) if shipped else
+        teacher_summary = (shipped_teacher.install(shipped, data_bin, teacher_dir) if shipped else
                            train(data_bin, teacher_dir, teacher_flags(profile, args), "teacher",
                                  results))
         teacher_ckpt = teacher_dir / "checkpoint_best.pt"

@@ -69,10 +69,11 @@ def check_dictionary(shipped: Path, data_bin: Path) -> None:
                          "--results, or --train-teacher to train a teacher on this data")
 
 
-def install(shipped: Path, teacher_dir: Path) -> Dict:
+def install(shipped: Path, data_bin: Path, teacher_dir: Path) -> Dict:
     """Copy the verified shipped teacher to ``teacher_dir/checkpoint_best.pt`` (where the rows
-    look for it); return its training summary. A different teacher already there is refused,
-    not replaced."""
+    look for it) once ``data_bin``'s dictionary is checked against it; return its training
+    summary. A different teacher already there is refused, not replaced."""
+    check_dictionary(shipped, data_bin)
     checkpoint, file = teacher_dir / "checkpoint_best.pt", shipped / "teacher_fp16.pt"
     if checkpoint.exists() and file_sha256(checkpoint) != file_sha256(file):
         raise SystemExit(f"error: {checkpoint} is another teacher than the shipped {file}: pass "

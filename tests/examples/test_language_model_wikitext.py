@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def unique_params(state, prefixes):
     return sum(seen.values())
 
 
-def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path):
+def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path, capsys):
     results = tmp_path / "results"
     command = [sys.executable, "-m", "examples.language_model.run", "--profile", "wikitext2-ci",
                "--device", "cpu", "--results", str(results), "--data-dir", str(wikitext_dir)]
@@ -87,10 +88,10 @@ def test_wikitext2_ci_profile_runs_every_kind_of_row(wikitext_dir, tmp_path):
     assert ("| teacher_int4 | the teacher's E in int4 codes, post-training (no training) | "
             f"64,000 | {fewer:.2f} |") in table
 
-    check_shipped_teacher(results, command, tmp_path)
+    check_shipped_teacher(results, command, tmp_path, capsys)
 
 
-def check_shipped_teacher(results, command, tmp_path):
+def check_shipped_teacher(results, command, tmp_path, capsys):
     """The finished teacher packed (examples/language_model/shipped_teacher.py) and installed in a
     new results directory instead of training one; a corrupted file, another dictionary or another
     teacher already in place is refused before anything runs."""
@@ -129,7 +130,7 @@ def check_shipped_teacher(results, command, tmp_path):
         f"{shipped / 'dict.txt'} (another corpus or --vocab-size): pass another --results, or "
         "--train-teacher to train a teacher on this data")
     with pytest.raises(SystemExit) as refused:
-        shipped_teacher.install(shipped, results / "teacher")  # its own fp32 teacher
+        shipped_teacher.install(shipped, results / "data-bin", results / "teacher")
     assert str(refused.value) == (
         f"error: {results / 'teacher' / 'checkpoint_best.pt'} is another teacher than the shipped "
         f"{shipped / 'teacher_fp16.pt'}: pass --train-teacher to keep using it, or another "
@@ -149,4 +150,13 @@ def check_shipped_teacher(results, command, tmp_path):
     assert str(corrupted.value) == (
         f"error: {shipped / 'train.json'}: SHA-256 {found} differs from the recorded {expected}; "
         "restore the file (git checkout) or pass --train-teacher")
+    assert not (tmp_path / "none").exists()
+    # a vocabulary of its own for the shipped teacher's dictionary: argparse's one error line
+    with pytest.raises(SystemExit):
+        lm_recipe.main(command[3:-4] + ["--results", str(tmp_path / "none"), "--data-dir",
+                                        command[-1], "--shipped-teacher", str(shipped),
+                                        "--vocab-size", "500"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{Path(sys.argv[0]).name}: error: --vocab-size: the shipped teacher ({shipped}) brings "
+        "its own dictionary; add --train-teacher to train one on another vocabulary")
     assert not (tmp_path / "none").exists()
