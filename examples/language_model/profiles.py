@@ -113,11 +113,14 @@ PROFILES = {
         tokens_per_sample=256, context_window=128,
         # validated and saved every 128 updates and only then (an epoch is 255 updates of 8,192
         # tokens; no extra end-of-epoch validation), so a run stopped mid-epoch resumes there;
-        # stopped after 6 validations (768 updates, 3 epochs) without a better valid loss
+        # stopped after 3 validations (384 updates, 1.5 epochs) without a better valid loss. (The
+        # first teacher had patience 6: its last 6 validations, 768 updates, ~75 minutes of 2
+        # cores, found nothing better than 2,304 updates, and patience 3 would have kept the same
+        # checkpoint: benchmarks/results/lm-wikitext2-cpu/README.md.)
         teacher_train=["--lr", "2e-3", "--warmup-updates", "250", "--max-epoch", "40",
                        "--save-interval-updates", "128", "--keep-interval-updates", "1",
                        "--validate-interval", "1000", "--save-interval", "1000",
-                       "--patience", "6"],
+                       "--patience", "3"],
         # ~1.2 epochs, cosine: the peak chosen on valid perplexity of the 8x student
         # (benchmarks/results/lm-wikitext2-cpu/sweep/: 3e-3 / 1e-3 / 3e-4 -> 189.56 / 166.83 /
         # 167.38); the translation students' rule (1.5x the teacher's peak, 3e-3) wrecked the body
@@ -125,8 +128,8 @@ PROFILES = {
         rows=WIKITEXT_ROWS, max_tokens=8192, score_valid=True,
         notes="cpu profile: WikiText-2 word level (33,280 symbols), teacher transformer_lm_gpt "
         "d=256, 2 layers, FFN 1024, tied (84 % of its parameters are the embedding), blocks of "
-        "256 tokens, until valid loss stops improving (validated every 128 updates, patience 6: "
-        "3 epochs); 300 fine-tuning updates of 8,192 tokens per student; the adaptive-input and "
+        "256 tokens, until valid loss stops improving (validated every 128 updates, patience 3: "
+        "1.5 epochs); 300 fine-tuning updates of 8,192 tokens per student; the adaptive-input and "
         "dense rows train from scratch with the teacher's recipe.",
     ),
     "wikitext2-full": Profile(

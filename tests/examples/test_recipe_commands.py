@@ -110,7 +110,7 @@ def test_the_later_group_keeps_its_value_as_argparse_kept_it():
     wikitext = language_model_commands(load_recipe("language_model"), "wikitext2-cpu",
                                        recipe_args())
     assert [value(wikitext["teacher"], flag) for flag in ("--max-epoch", "--patience")] == [
-        "40", "6"]
+        "40", "3"]
     assert [flag for flag in ("--max-epoch", "--patience")
             if flag in wikitext["teacher_continued"]] == []
     assert value(wikitext["teacher_continued"], "--max-update") == "300"

@@ -11,8 +11,8 @@ if [ -d $SHIPPED ] && [ ! -e $R/teacher/train.json ]; then TEACHER=(--shipped-te
 else TEACHER=(--train-teacher); fi
 RUN=(python -m examples.language_model.run --profile wikitext2-cpu --device cpu "${TEACHER[@]}")
 
-# 0. the teacher, until valid stops improving (validated every 128 updates, patience 6: ~3,072
-#    updates, ~5 h of 2 idle cores), scored on valid and test, and the lossless int8 row
+# 0. the teacher, until valid stops improving (validated every 128 updates, patience 3: ~2,700
+#    updates, ~4.5 h of 2 idle cores), scored on valid and test, and the lossless int8 row
 "${RUN[@]}" --rows teacher_int8
 # 1. packed, so that no later run has to train it again (then commit $SHIPPED)
 [ -d $SHIPPED ] || python -m examples.language_model.shipped_teacher $R $SHIPPED
