@@ -23,6 +23,7 @@ Pack one from a finished run (then commit the directory and record it as the pro
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -42,14 +43,17 @@ def pack(results: Path, shipped: Path) -> None:
                          "teacher stage first")
     if shipped.exists():
         raise SystemExit(f"error: {shipped} exists: pass a new directory (nothing is replaced)")
-    shipped.mkdir(parents=True)
+    partial = shipped.with_name(shipped.name + ".partial")  # renamed once complete
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     recipe.run([sys.executable, "-m", "fairseq_distilled_emb", "export", "--fp16",
-                str(teacher / "checkpoint_best.pt"), str(shipped / "teacher_fp16.pt")],
+                str(teacher / "checkpoint_best.pt"), str(partial / "teacher_fp16.pt")],
                results / "logs" / "teacher.ship.log")
-    shutil.copyfile(results / "data-bin" / "dict.txt", shipped / "dict.txt")
-    shutil.copyfile(teacher / "train.json", shipped / "train.json")
-    (shipped / "SHA256SUMS").write_text(
-        "".join(f"{file_sha256(shipped / name)}  {name}\n" for name in SHIPPED_FILES))
+    shutil.copyfile(results / "data-bin" / "dict.txt", partial / "dict.txt")
+    shutil.copyfile(teacher / "train.json", partial / "train.json")
+    (partial / "SHA256SUMS").write_text(
+        "".join(f"{file_sha256(partial / name)}  {name}\n" for name in SHIPPED_FILES))
+    partial.rename(shipped)
 
 
 def verify(shipped: Path) -> None:
@@ -78,9 +82,10 @@ def install(shipped: Path, data_bin: Path, teacher_dir: Path) -> Dict:
     if checkpoint.exists() and file_sha256(checkpoint) != file_sha256(file):
         raise SystemExit(f"error: {checkpoint} is another teacher than the shipped {file}: pass "
                          "--train-teacher to keep using it, or another --results")
-    if not checkpoint.exists():
+    if not checkpoint.exists():  # copied whole or not at all: a stopped copy is not a teacher
         teacher_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, checkpoint)
+        shutil.copyfile(file, checkpoint.with_suffix(".partial"))
+        os.replace(checkpoint.with_suffix(".partial"), checkpoint)
     return json.loads((shipped / "train.json").read_text())
 
 

@@ -98,6 +98,8 @@ def check_shipped_teacher(results, command, tmp_path, capsys):
     shipped = tmp_path / "shipped"
     # what python -m examples.language_model.shipped_teacher RESULTS DIR runs
     shipped_teacher.pack(results, shipped)
+    assert sorted(path.name for path in tmp_path.iterdir() if "shipped" in path.name) == [
+        "shipped"]  # the .partial directory was renamed
     sums = (shipped / "SHA256SUMS").read_text().splitlines()
     assert [line.split()[1] for line in sums] == ["teacher_fp16.pt", "dict.txt", "train.json"]
     assert (shipped / "dict.txt").read_bytes() == (results / "data-bin" / "dict.txt").read_bytes()
@@ -139,6 +141,12 @@ def check_shipped_teacher(results, command, tmp_path, capsys):
         shipped_teacher.pack(results, shipped)
     assert str(refused.value) == (
         f"error: {shipped} exists: pass a new directory (nothing is replaced)")
+    with pytest.raises(SystemExit) as refused:
+        shipped_teacher.pack(tmp_path / "other-vocab", tmp_path / "never")
+    assert str(refused.value) == (
+        f"error: {tmp_path / 'other-vocab' / 'teacher'} has no finished training (train.json): "
+        "finish the teacher stage first")
+    assert not (tmp_path / "never").exists()
 
     # a corrupted shipped file: the recipe stops before it reads or writes anything
     (shipped / "train.json").write_text("{}")
