@@ -22,8 +22,6 @@ Pack one from a finished run (then commit the directory and record it as the pro
 """
 
 import argparse
-import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -74,19 +72,16 @@ def check_dictionary(shipped: Path, data_bin: Path) -> None:
 
 
 def install(shipped: Path, data_bin: Path, teacher_dir: Path) -> Dict:
-    """Copy the verified shipped teacher to ``teacher_dir/checkpoint_best.pt`` (where the rows
-    look for it) once ``data_bin``'s dictionary is checked against it; return its training
-    summary. A different teacher already there is refused, not replaced."""
+    """The translation recipe's install (the verified shipped teacher copied to
+    ``teacher_dir/checkpoint_best.pt``, its training summary returned), once ``data_bin``'s
+    dictionary is checked against it; a different teacher already there is refused, not
+    replaced."""
     check_dictionary(shipped, data_bin)
     checkpoint, file = teacher_dir / "checkpoint_best.pt", shipped / "teacher_fp16.pt"
     if checkpoint.exists() and file_sha256(checkpoint) != file_sha256(file):
         raise SystemExit(f"error: {checkpoint} is another teacher than the shipped {file}: pass "
                          "--train-teacher to keep using it, or another --results")
-    if not checkpoint.exists():  # copied whole or not at all: a stopped copy is not a teacher
-        teacher_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, checkpoint.with_suffix(".partial"))
-        os.replace(checkpoint.with_suffix(".partial"), checkpoint)
-    return json.loads((shipped / "train.json").read_text())
+    return recipe.install_shipped_teacher(shipped, teacher_dir)
 
 
 def main():

@@ -7,6 +7,7 @@ in order; the sequence-level KD data stage is ``sequence_kd.py``.
 import gzip
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -156,9 +157,10 @@ def install_shipped_teacher(shipped: Path, teacher_dir: Path) -> Dict:
     """Copy the (verified) shipped teacher into the results; return the summary of the training
     run that made it."""
     checkpoint = teacher_dir / "checkpoint_best.pt"
-    if not checkpoint.exists():
+    if not checkpoint.exists():  # copied whole or not at all: a stopped copy is not a teacher
         teacher_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shipped / "teacher_fp16.pt", checkpoint)
+        shutil.copyfile(shipped / "teacher_fp16.pt", checkpoint.with_suffix(".partial"))
+        os.replace(checkpoint.with_suffix(".partial"), checkpoint)
     return json.loads((shipped / "train.json").read_text())
 
 
