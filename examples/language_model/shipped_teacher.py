@@ -73,14 +73,9 @@ def check_dictionary(shipped: Path, data_bin: Path) -> None:
 
 def install(shipped: Path, data_bin: Path, teacher_dir: Path) -> Dict:
     """The translation recipe's install (the verified shipped teacher copied to
-    ``teacher_dir/checkpoint_best.pt``, its training summary returned), once ``data_bin``'s
-    dictionary is checked against it; a different teacher already there is refused, not
-    replaced."""
+    ``teacher_dir/checkpoint_best.pt`` unless another teacher is there, its training summary
+    returned), once ``data_bin``'s dictionary is checked against it."""
     check_dictionary(shipped, data_bin)
-    checkpoint, file = teacher_dir / "checkpoint_best.pt", shipped / "teacher_fp16.pt"
-    if checkpoint.exists() and file_sha256(checkpoint) != file_sha256(file):
-        raise SystemExit(f"error: {checkpoint} is another teacher than the shipped {file}: pass "
-                         "--train-teacher to keep using it, or another --results")
     return recipe.install_shipped_teacher(shipped, teacher_dir)
 
 

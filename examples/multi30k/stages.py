@@ -142,11 +142,16 @@ def prepare(args, profile: Profile, results: Path, shipped: Optional[Path] = Non
     return data_bin
 
 
+def recorded_sha256(shipped: Path) -> Dict[str, str]:
+    """The SHA-256 of each shipped file, as recorded in SHA256SUMS when it was packed."""
+    return {name: expected for expected, name in
+            (line.split() for line in (shipped / "SHA256SUMS").read_text().splitlines())}
+
+
 def verify_shipped_teacher(shipped: Path) -> None:
     """Check every shipped file's SHA-256 against the one recorded when it was made: a corrupted
     or swapped teacher, sentencepiece model or dictionary is refused before anything uses it."""
-    for line in (shipped / "SHA256SUMS").read_text().splitlines():
-        expected, name = line.split()
+    for name, expected in recorded_sha256(shipped).items():
         found = file_sha256(shipped / name)
         if found != expected:
             raise SystemExit(f"error: {shipped / name}: SHA-256 {found} differs from the recorded "
@@ -155,11 +160,15 @@ def verify_shipped_teacher(shipped: Path) -> None:
 
 def install_shipped_teacher(shipped: Path, teacher_dir: Path) -> Dict:
     """Copy the (verified) shipped teacher into the results; return the summary of the training
-    run that made it."""
-    checkpoint = teacher_dir / "checkpoint_best.pt"
+    run that made it. A different teacher already there (trained with --train-teacher in these
+    results) is refused, not kept under the shipped one's summary nor replaced."""
+    checkpoint, file = teacher_dir / "checkpoint_best.pt", shipped / "teacher_fp16.pt"
+    if checkpoint.exists() and file_sha256(checkpoint) != recorded_sha256(shipped)[file.name]:
+        raise SystemExit(f"error: {checkpoint} is another teacher than the shipped {file}: pass "
+                         "--train-teacher to keep using it, or another --results")
     if not checkpoint.exists():  # copied whole or not at all: a stopped copy is not a teacher
         teacher_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shipped / "teacher_fp16.pt", checkpoint.with_suffix(".partial"))
+        shutil.copyfile(file, checkpoint.with_suffix(".partial"))
         os.replace(checkpoint.with_suffix(".partial"), checkpoint)
     return json.loads((shipped / "train.json").read_text())
 
