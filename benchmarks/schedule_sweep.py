@@ -26,12 +26,17 @@ from examples.multi30k.commands import log_like_fairseq_cli, merge_flags, withou
 SCHEDULERS = ("inverse_sqrt", "fixed", "cosine")
 
 
-def point_flags(profile_flags, lr, scheduler, warmup, updates, beta, embedding_first):
+def point_flags(profile_flags, lr, scheduler, warmup, updates, beta, embedding_first,
+                kd_alpha=None, kd_temperature=2.0):
     """The row's flags with the point's schedule merged over them. Only cosine takes
     ``--min-lr``: a profile's cosine floor is dropped when the point uses another scheduler
-    (fairseq's inverse_sqrt and fixed reject the flag)."""
+    (fairseq's inverse_sqrt and fixed reject the flag). ``kd_alpha`` None keeps the row's own
+    output distillation (off, but for distilled_output_kd_8x)."""
     flags = merge_flags(profile_flags, schedule_flags(lr, scheduler, warmup, updates, beta,
                                                       embedding_first))
+    if kd_alpha is not None:
+        flags = merge_flags(flags, ["--kd-alpha", f"{kd_alpha:g}",
+                                    "--kd-temperature", f"{kd_temperature:g}"])
     return flags if scheduler == "cosine" else without_flags(flags, "--min-lr")
 
 
@@ -45,9 +50,18 @@ def schedule_flags(lr, scheduler, warmup, updates, beta, embedding_first):
     return flags
 
 
-def point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data):
+def point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data, kd_alpha=None):
+    """Unique per point; a point without a --kd-alpha axis keeps the name it had before the axis
+    existed, so earlier sweeps still resume."""
+    kd = "" if kd_alpha is None else f"_kd{kd_alpha:g}"
     return (f"{row}_lr{lr:g}_{scheduler}_w{warmup}_u{updates}_b{beta:g}_ef{embedding_first}"
-            f"_{data}")
+            f"_{data}{kd}")
+
+
+def kd_label(point) -> str:
+    """The point's output distillation: "row's" where the sweep left the row's own."""
+    alpha = point.get("kd_alpha")
+    return "row's" if alpha is None else f"{alpha:g} (T={point['kd_temperature']:g})"
 
 
 def sweep_table(sweep_dir: Path, teacher_score: float, score) -> str:
@@ -57,11 +71,13 @@ def sweep_table(sweep_dir: Path, teacher_score: float, score) -> str:
     points.sort(key=lambda point: -point[f"valid_{key}"] if higher else point[f"valid_{key}"])
     lines = [f"Teacher: {label} {teacher_score:.2f}. Command of each point: its point.json.",
              "", "| row | lr | schedule | warm-up | updates | β | emb.-first | data | "
-             f"{label} | best valid loss | train s |", "|" + "---|" * 11]
+             "output KD α | "
+             f"{label} | best valid loss | train s |", "|" + "---|" * 12]
     for p in points:
         lines.append(
             f"| {p['row']} | {p['lr']:g} | {p['scheduler']} | {p['warmup']} | {p['updates']} | "
-            f"{p['beta']:g} | {p['embedding_first']} | {p['data']} | {p[f'valid_{key}']:.2f} | "
+            f"{p['beta']:g} | {p['embedding_first']} | {p['data']} | {kd_label(p)} | "
+            f"{p[f'valid_{key}']:.2f} | "
             f"{p.get('best_valid_loss', float('nan')):.3f} | {p['train_seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -79,6 +95,10 @@ def main():
     parser.add_argument("--updates", type=int, nargs="+", default=[250])
     parser.add_argument("--beta", type=float, nargs="+", default=[1.0])
     parser.add_argument("--embedding-first", type=int, nargs="+", default=[0])
+    parser.add_argument("--kd-alpha", type=float, nargs="+", default=[None],
+                        help="output distillation weights to try (--kd-alpha of the criterion, "
+                        "at --kd-temperature); default: each row's own")
+    parser.add_argument("--kd-temperature", type=float, default=2.0)
     parser.add_argument("--train-data", nargs="+", default=["gold"], choices=["gold", "teacher", "both"])
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false",
@@ -96,21 +116,24 @@ def main():
     teacher_score = recipe.evaluate(data_bin, teacher, teacher.parent, args.results, args, profile,
                                     "teacher", subset="valid")[key]
     grid = itertools.product(args.rows, args.lr, args.scheduler, args.warmup, args.updates,
-                             args.beta, args.embedding_first, args.train_data)
-    for row, lr, scheduler, warmup, updates, beta, embedding_first, data in grid:
-        name = point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data)
+                             args.beta, args.embedding_first, args.train_data, args.kd_alpha)
+    for row, lr, scheduler, warmup, updates, beta, embedding_first, data, kd_alpha in grid:
+        name = point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data,
+                          kd_alpha)
         save_dir = sweep_dir / name
         if (save_dir / "point.json").exists():
             continue
         row_data = recipe.training_data(args, profile, args.results, data_bin, teacher, data)
         flags = point_flags(recipe.student_flags(row, profile, args, teacher), lr, scheduler,
-                            warmup, updates, beta, embedding_first)
+                            warmup, updates, beta, embedding_first, kd_alpha,
+                            args.kd_temperature)
         summary = recipe.train(row_data, save_dir, flags, name, args.results)
         score = recipe.evaluate(data_bin, save_dir / "checkpoint_best.pt", save_dir, args.results,
                                 args, profile, name, subset="valid")
         point = {"row": row, "lr": lr, "scheduler": scheduler, "warmup": warmup,
                  "updates": updates, "beta": beta, "embedding_first": embedding_first,
-                 "data": data, f"valid_{key}": score[key],
+                 "data": data, "kd_alpha": kd_alpha, "kd_temperature": args.kd_temperature,
+                 f"valid_{key}": score[key],
                  "best_valid_loss": summary.get("best_valid_loss"),
                  "train_seconds": summary["train_seconds"], "flags": flags}
         recipe.write_json(save_dir / "point.json", point)
