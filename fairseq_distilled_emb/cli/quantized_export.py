@@ -21,7 +21,9 @@ from fairseq_distilled_emb.checkpoints import (
 from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from fairseq_distilled_emb.models.transformer_lm_int_codes import ARCH as INT_CODES_LM
 from fairseq_distilled_emb.modules import (
+    DenseHeadEmbedding,
     FactorizedEmbedding,
+    QuantizedDenseHeadEmbedding,
     QuantizedEmbedding,
     compressed_keys,
     saved_compressed_embeddings,
@@ -58,44 +60,67 @@ def quantize_embeddings(model: Dict[str, torch.Tensor], model_cfg: dict, bits: i
         for key in source_keys:
             quantized.pop(key)
         tensors = module.state_dict()
-        if w_fp16:
-            tensors["code_projection"] = tensors["code_projection"].half()
+        if w_fp16:  # the low-rank source's W (a dense-head's: its tail's)
+            tensors = {name: value.half() if name.endswith("code_projection") else value
+                       for name, value in tensors.items()}
         for prefix in prefixes:
             quantized.update({f"{prefix}.{name}": value for name, value in tensors.items()})
-    _quantized_model_config(model_cfg, bits, rank, options)
+    _quantized_model_config(model_cfg, bits, rank, options, groups[0][2].kind)
     return quantized
 
 
 def _factor_groups(model, model_cfg, bits, options) -> Tuple[List, int]:
     """One QuantizedEmbedding per distinct saved factorization (shared ones once)."""
     kind, modules = saved_compressed_embeddings(model, model_cfg)
-    if kind is QuantizedEmbedding:
-        bits_before = int(next(iter(modules.values()))["code_shape"][2])
+    if kind in (QuantizedEmbedding, QuantizedDenseHeadEmbedding):
+        bits_before = int(next(iter(modules.values()))[
+            "code_shape" if kind is QuantizedEmbedding else "head.code_shape"][2])
         raise DistilledEmbeddingError(
             f"--embedding-bits: this checkpoint's embedding is already quantized (int{bits_before} "
             "codes); quantize the training checkpoint it was exported from instead")
-    if kind is not FactorizedEmbedding:
+    if kind not in (FactorizedEmbedding, DenseHeadEmbedding):
         raise DistilledEmbeddingError(
             f"--embedding-bits: a {kind.kind} embedding cannot be quantized; it works on a dense "
-            "embedding and on a low-rank (Distilled Embedding) one")
+            "embedding and on a low-rank (Distilled Embedding) or dense-head one")
+    if kind is DenseHeadEmbedding and options["tail_bits"] is not None:
+        raise DistilledEmbeddingError(
+            "--embedding-tail-bits: a dense-head embedding's split is already its own (dense "
+            "head, low-rank tail), both stored in --embedding-bits codes; drop --embedding-tail-bits "
+            "and --embedding-head-rows")
     activation = model_cfg.get("embedding_activation") or "relu"
     if activation not in RESCALABLE_ACTIVATIONS:
         raise DistilledEmbeddingError(
             f"--embedding-bits: the factors were trained with --embedding-activation {activation}"
             "; quantizing f(U) needs relu or linear (its per-component rescaling needs "
             "f(c·u) = c·f(u))")
+    factors = "U" if kind is FactorizedEmbedding else "tail.U"
     by_tensors = {}  # a shared factorization is saved under each module that holds it
     for prefix, tensors in modules.items():
-        by_tensors.setdefault(tensor_identity(tensors["U"]), (tensors, []))[1].append(prefix)
+        by_tensors.setdefault(tensor_identity(tensors[factors]), (tensors, []))[1].append(prefix)
     groups = []
     for tensors, prefixes in by_tensors.values():
-        source = FactorizedEmbedding.from_saved(tensors, model_cfg)
         with torch.no_grad():
-            module = QuantizedEmbedding.from_factors(source.activated_codes(), source.W, bits,
-                                                     **options)
+            module = (_quantized_factors(tensors, model_cfg, bits, options)
+                      if kind is FactorizedEmbedding
+                      else _quantized_dense_head(tensors, model_cfg, bits, options))
         keys = [f"{prefix}.{name}" for prefix in prefixes for name in tensors]
         groups.append((keys, prefixes, module))
-    return groups, source.rank
+    return groups, module.rank
+
+
+def _quantized_factors(tensors, model_cfg, bits, options) -> QuantizedEmbedding:
+    source = FactorizedEmbedding.from_saved(tensors, model_cfg)
+    return QuantizedEmbedding.from_factors(source.activated_codes(), source.W, bits, **options)
+
+
+def _quantized_dense_head(tensors, model_cfg, bits, options) -> QuantizedDenseHeadEmbedding:
+    """The head's rows as a dense E's codes (its padding row was kept at zero in training), the
+    tail's f(U) as a low-rank student's."""
+    tail = FactorizedEmbedding.from_saved({"U": tensors["tail.U"], "W": tensors["tail.W"]},
+                                          model_cfg)
+    return QuantizedDenseHeadEmbedding.from_dense_head(
+        tensors["head"].float(), tail.activated_codes(), tail.W, bits,
+        scale_format=options["scale_format"])
 
 
 def _dense_groups(model, bits, options) -> List:
@@ -148,8 +173,10 @@ def quantize_adaptive_input(model, model_cfg, bands, bits, options, w_fp16) -> d
     return quantized
 
 
-def _quantized_model_config(model_cfg: dict, bits: int, rank, options: dict):
-    """The ``distilled_*`` architecture of the model's family, with the ``quantized`` kind."""
+def _quantized_model_config(model_cfg: dict, bits: int, rank, options: dict,
+                            kind: str = "quantized"):
+    """The ``distilled_*`` architecture of the model's family, with the ``quantized`` kind (a
+    dense-head student's: ``quantized-dense-head``, its ``--embedding-dense-rows`` kept)."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     arch = saved_arch(model_cfg)
@@ -163,7 +190,7 @@ def _quantized_model_config(model_cfg: dict, bits: int, rank, options: dict):
         else:
             arch = "distilled_transformer"
     set_saved_arch(model_cfg, arch)
-    model_cfg.update(embedding_factorization="quantized", embedding_bits=bits,
+    model_cfg.update(embedding_factorization=kind, embedding_bits=bits,
                      embedding_rank=rank, embedding_compression=None,
                      embedding_activation="relu", embedding_bits_from_update=0,
                      embedding_scale_format=options["scale_format"],

@@ -46,7 +46,7 @@ def embedding_summary(model: Dict, model_cfg) -> Dict:
         if summary.get("vocab") and summary.get("dim"):
             dense = factorization.dense_embedding_params(summary["vocab"], summary["dim"])
             stored = count_parameters({k: model[k] for k in compressed})
-            if kind.kind == "quantized":  # integer codes: the ratio is of bytes against fp32 E
+            if kind.integer_codes:  # the ratio is of bytes against fp32 E
                 dense, stored = 4 * dense, summary["embedding_bytes"]
             summary["compression"] = dense / stored
     else:

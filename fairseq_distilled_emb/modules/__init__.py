@@ -24,3 +24,6 @@ from fairseq_distilled_emb.modules.tensor_train_embedding import (  # noqa: F401
 from fairseq_distilled_emb.modules.quantized_embedding import (  # noqa: F401
     QuantizedEmbedding,
 )
+from fairseq_distilled_emb.modules.quantized_dense_head_embedding import (  # noqa: F401
+    QuantizedDenseHeadEmbedding,
+)

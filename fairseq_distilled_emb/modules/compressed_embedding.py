@@ -54,6 +54,9 @@ class CompressedEmbedding(nn.Module):
     (``num_embeddings``, ``embedding_dim``, ``padding_idx``) and returns zeros for padding."""
 
     kind: str = ""  # set by register_compressed_embedding
+    #: stores integer codes (``export --embedding-bits``): ``stats`` then counts its ratio in bytes
+    #: against fp32 E, not in stored numbers
+    integer_codes: bool = False
 
     num_embeddings: int
     embedding_dim: int

@@ -47,6 +47,8 @@ BANDS = {"head": ("codes", "code_scales", "code_offsets", "code_scale_unit"),
 class QuantizedEmbedding(CompressedEmbedding):
     """E ≈ dequantize(codes) (dense source) or dequantize(codes)·W (low-rank source)."""
 
+    integer_codes = True
+
     def __init__(self, num_embeddings, embedding_dim, padding_idx, bits, rank: Optional[int] = None,
                  scale_format: str = "fp16", tail_bits: Optional[int] = None,
                  head_rows: Optional[int] = None):
