@@ -44,13 +44,15 @@ class Profile:
 #: budget holds ~4,160 dense rows, so the head is 1,000 or 2,000 words (500 or 1,000 at 16x)
 DENSE_HEAD_ROWS = ["distilled_8x_head1000", "distilled_8x_head2000", "distilled_16x_head500",
                    "distilled_16x_head1000"]
+#: each of them post-training in int8 and int4 codes (``export --embedding-bits``)
+DENSE_HEAD_PTQ_ROWS = [f"{row}_ptq_int{bits}" for row in DENSE_HEAD_ROWS for bits in (8, 4)]
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
             "distilled_16x", "distilled_32x", "distilled_output_kd_8x", "tensor_train_8x",
             "adaptive_8x", "adaptive_16x", "teacher_int8", "teacher_int4", "teacher_int3",
             "teacher_int2", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
             "distilled_16x_ptq_int8", "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4",
             "adaptive_16x_ptq_int8", "adaptive_16x_ptq_int4", "teacher_continued",
-            *DENSE_HEAD_ROWS]
+            *DENSE_HEAD_ROWS, *DENSE_HEAD_PTQ_ROWS]
 MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
              "teacher_continued"]
 #: WikiText-2: the students, every baseline a user would try first, and the post-training rows,
@@ -60,6 +62,7 @@ MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "di
 WIKITEXT_ROWS = ["teacher_int8", "teacher_int4", "teacher_int3", "teacher_int2", "distilled_8x",
                  "distilled_16x", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
                  "distilled_16x_ptq_int8", "teacher_continued", *DENSE_HEAD_ROWS,
+                 *DENSE_HEAD_PTQ_ROWS,
                  "svd_linear_8x", "distilled_4x",
                  "distilled_32x", "tensor_train_8x", "adaptive_8x", "adaptive_16x",
                  "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4", "adaptive_16x_ptq_int8",
@@ -93,7 +96,7 @@ PROFILES = {
         # the demo's choice (cosine from the teacher's peak) carried over, not checked on valid
         student_train=cosine_fine_tuning(1e-3, 2000),
         # (not the dense-head rows: a 1,000-word head is all of an 8x budget at V=8k)
-        rows=[row for row in ALL_ROWS if row not in DENSE_HEAD_ROWS],
+        rows=[row for row in ALL_ROWS if row not in DENSE_HEAD_ROWS + DENSE_HEAD_PTQ_ROWS],
         notes="Full profile: teacher d=256, 4 layers, FFN 1024 (early stopping on valid loss, "
         "patience 5, ≤50 epochs); every student row gets the same 2,000 fine-tuning updates.",
     ),
@@ -173,7 +176,8 @@ class PostTrainingRow:
     @property
     def description(self) -> str:
         what = ("teacher's E" if self.base == "teacher" else f"{self.base}'s bands"
-                if self.base.startswith("adaptive") else f"{self.base}'s f(U)")
+                if self.base.startswith("adaptive") else f"{self.base}'s head rows and tail f(U)"
+                if self.base in DENSE_HEAD_ROWS else f"{self.base}'s f(U)")
         return f"the {what} in int{self.bits} codes, post-training (no training)"
 
 
@@ -187,7 +191,10 @@ POST_TRAINING_ROWS = {row.name: row for row in [
     PostTrainingRow("adaptive_8x_ptq_int8", "adaptive_8x", 8),
     PostTrainingRow("adaptive_8x_ptq_int4", "adaptive_8x", 4),
     PostTrainingRow("adaptive_16x_ptq_int8", "adaptive_16x", 8),
-    PostTrainingRow("adaptive_16x_ptq_int4", "adaptive_16x", 4)]}
+    PostTrainingRow("adaptive_16x_ptq_int4", "adaptive_16x", 4),
+    # beyond what int codes of E reach (int3, int2 break it): a dense-head student in codes
+    *[PostTrainingRow(f"{base}_ptq_int{bits}", base, bits)
+      for base in DENSE_HEAD_ROWS for bits in (8, 4)]]}
 TEACHER_DESCRIPTION = "dense teacher (stock transformer_lm_gpt shape, tied embedding)"
 # β of the embedding-distillation term, chosen on valid perplexity for the LM students
 # (benchmarks/results/schedule-sweep-lm-demo/: β 0 / 0.1 / 1 -> 34.94 / 35.07 / 36.29 at 300

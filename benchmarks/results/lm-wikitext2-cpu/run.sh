@@ -30,6 +30,9 @@ python -m benchmarks.rank_ceiling --results $R --profile wikitext2-cpu --dense-r
 "${RUN[@]}" --rows teacher_int4 teacher_int3 teacher_int2 distilled_8x distilled_16x \
     distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_16x_ptq_int8 teacher_continued \
     distilled_8x_head1000 distilled_8x_head2000 distilled_16x_head500 distilled_16x_head1000 \
+    distilled_8x_head1000_ptq_int8 distilled_8x_head1000_ptq_int4 distilled_8x_head2000_ptq_int8 \
+    distilled_8x_head2000_ptq_int4 distilled_16x_head500_ptq_int8 distilled_16x_head500_ptq_int4 \
+    distilled_16x_head1000_ptq_int8 distilled_16x_head1000_ptq_int4 \
     svd_linear_8x distilled_4x distilled_32x tensor_train_8x
 
 # 4. from scratch with the teacher's recipe (hours each; they need no teacher)
