@@ -37,8 +37,9 @@ class CompressedEmbeddingConfig(FairseqDataclass):
                           "words' rows dense and f(U)·W for the rest (--embedding-dense-rows); "
                           "'tensor-train', the TT-matrix "
                           "baseline of Khrulkov et al. (tensorly-torch: pip install -e "
-                          ".[tensor-train]); 'quantized', integer codes written by "
-                          "fairseq-distilled-emb export --embedding-bits (decoding only)"},
+                          ".[tensor-train]); 'quantized' and 'quantized-dense-head', integer codes "
+                          "written by fairseq-distilled-emb export --embedding-bits (decoding "
+                          "only)"},
     )
     embedding_dense_rows: Optional[int] = field(
         default=None,
@@ -50,7 +51,7 @@ class CompressedEmbeddingConfig(FairseqDataclass):
         default=None,
         metadata={"help": "with low-rank: quantization-aware fine-tuning, f(U) fake-quantized to "
                           "B-bit per-row codes in the forward pass (straight-through gradient), as "
-                          "export --embedding-bits B stores it; with quantized: the codes' width"},
+                          "export --embedding-bits B stores it; with quantized*: the codes' width"},
     )
     embedding_scale_format: Optional[str] = field(
         default=None,
