@@ -59,7 +59,7 @@ def points(results: Path, teacher_bits, factor_bits) -> List[Dict]:
             continue
         found.append({"name": f"{row_dir.name}_fp32_factors", "source": checkpoint, "bits": None,
                       "method": "student, fp32 factors"})
-        if cfg.get("embedding_factorization", "low-rank") == "low-rank":
+        if cfg.get("embedding_factorization", "low-rank") in ("low-rank", "dense-head"):
             found += [{"name": f"{row_dir.name}_ptq_int{b}", "source": checkpoint, "bits": b,
                        "method": "student, post-training codes"} for b in factor_bits]
     return found

@@ -123,3 +123,9 @@ python -m examples.multi30k.run --profile cpu --device cpu --results $R \
     --data-dir ../shared/data/multi30k --jobs 2 --rows distilled_8x_head256 distilled_8x_head128
 python -m benchmarks.bytes_frontier "${FRONTIER[@]}" distilled_8x_head256_fp32_factors \
     distilled_8x_head128_fp32_factors
+# 10. [C] the dense-head students in integer codes (export --embedding-bits: the head's rows as E's
+#     codes, the tail's f(U) as the uniform student's), beside the uniform 8x student's codes
+python -m benchmarks.bytes_frontier "${FRONTIER[@]}" distilled_8x_head256_fp32_factors \
+    distilled_8x_head128_fp32_factors distilled_8x_head128_ptq_int8 distilled_8x_head128_ptq_int4 \
+    distilled_8x_head128_ptq_int3 distilled_8x_head256_ptq_int8 distilled_8x_head256_ptq_int4 \
+    distilled_8x_head256_ptq_int3
