@@ -50,10 +50,11 @@ def schedule_flags(lr, scheduler, warmup, updates, beta, embedding_first):
     return flags
 
 
-def point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data, kd_alpha=None):
+def point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data, kd_alpha=None,
+               kd_temperature=2.0):
     """Unique per point; a point without a --kd-alpha axis keeps the name it had before the axis
     existed, so earlier sweeps still resume."""
-    kd = "" if kd_alpha is None else f"_kd{kd_alpha:g}"
+    kd = "" if kd_alpha is None else f"_kd{kd_alpha:g}_T{kd_temperature:g}"
     return (f"{row}_lr{lr:g}_{scheduler}_w{warmup}_u{updates}_b{beta:g}_ef{embedding_first}"
             f"_{data}{kd}")
 
@@ -119,7 +120,7 @@ def main():
                              args.beta, args.embedding_first, args.train_data, args.kd_alpha)
     for row, lr, scheduler, warmup, updates, beta, embedding_first, data, kd_alpha in grid:
         name = point_name(row, lr, scheduler, warmup, updates, beta, embedding_first, data,
-                          kd_alpha)
+                          kd_alpha, args.kd_temperature)
         save_dir = sweep_dir / name
         if (save_dir / "point.json").exists():
             continue

@@ -165,7 +165,8 @@ def install_shipped_teacher(shipped: Path, teacher_dir: Path) -> Dict:
     checkpoint, file = teacher_dir / "checkpoint_best.pt", shipped / "teacher_fp16.pt"
     if checkpoint.exists() and file_sha256(checkpoint) != recorded_sha256(shipped)[file.name]:
         raise SystemExit(f"error: {checkpoint} is another teacher than the shipped {file}: pass "
-                         "--train-teacher to keep using it, or another --results")
+                         "another --results, or move that checkpoint away to install the shipped "
+                         "one here")
     if not checkpoint.exists():  # copied whole or not at all: a stopped copy is not a teacher
         teacher_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, checkpoint.with_suffix(".partial"))

@@ -70,9 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="with --embedding-tail-bits: how many rows (the most frequent words) "
                              "keep --embedding-bits")
     parser.add_argument("--embedding-w-fp16", action="store_true",
-                        help="with --embedding-bits on a low-rank student: store W (r×d) in fp16, "
-                             "half its bytes; f(U)·W cancels, so W's rounding costs more than "
-                             "its share: choose on valid")
+                        help="with --embedding-bits on a low-rank (or dense-head) student: "
+                             "store W (r×d) in fp16, half its bytes; f(U)·W cancels, so W's "
+                             "rounding costs more than its share: choose on valid")
     parser.add_argument("--int8-body", action="store_true",
                         help="store every Linear of the encoder/decoder layers as per-row int8 "
                              "codes, computed with PyTorch's dynamic int8 kernel on the CPU "

@@ -82,11 +82,13 @@ def _factor_groups(model, model_cfg, bits, options) -> Tuple[List, int]:
         raise DistilledEmbeddingError(
             f"--embedding-bits: a {kind.kind} embedding cannot be quantized; it works on a dense "
             "embedding and on a low-rank (Distilled Embedding) or dense-head one")
-    if kind is DenseHeadEmbedding and options["tail_bits"] is not None:
+    if kind is DenseHeadEmbedding and (options["tail_bits"], options["head_rows"]) != (None, None):
+        flag = "--embedding-tail-bits" if options["tail_bits"] is not None else (
+            "--embedding-head-rows")
         raise DistilledEmbeddingError(
-            "--embedding-tail-bits: a dense-head embedding's split is already its own (dense "
-            "head, low-rank tail), both stored in --embedding-bits codes; drop --embedding-tail-bits "
-            "and --embedding-head-rows")
+            f"{flag}: a dense-head embedding's split is already its own (dense head, low-rank "
+            "tail), both stored in --embedding-bits codes; drop --embedding-tail-bits and "
+            "--embedding-head-rows")
     activation = model_cfg.get("embedding_activation") or "relu"
     if activation not in RESCALABLE_ACTIVATIONS:
         raise DistilledEmbeddingError(
@@ -105,6 +107,13 @@ def _factor_groups(model, model_cfg, bits, options) -> Tuple[List, int]:
                       else _quantized_dense_head(tensors, model_cfg, bits, options))
         keys = [f"{prefix}.{name}" for prefix in prefixes for name in tensors]
         groups.append((keys, prefixes, module))
+    shapes = sorted({module.extra_repr() for _, _, module in groups})
+    if len({(module.rank, getattr(module, "head_rows", None)) for _, _, module in groups}) > 1:
+        # the model config holds one --embedding-rank (and --embedding-dense-rows) for all
+        raise DistilledEmbeddingError(
+            "--embedding-bits: this model's embeddings are factorized at different sizes ("
+            f"{'; '.join(shapes)}), and a quantized model records one; train the student with "
+            "--embedding-rank (the same for every embedding) or --share-all-embeddings")
     return groups, module.rank
 
 

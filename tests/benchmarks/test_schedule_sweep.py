@@ -57,4 +57,6 @@ def test_an_output_kd_point_of_a_dense_head_lm_student_parses_and_keeps_older_na
     assert point_name("distilled_8x_head1000", 1e-3, "cosine", 50, 900, 0.0, 0, "gold") == (
         "distilled_8x_head1000_lr0.001_cosine_w50_u900_b0_ef0_gold")
     assert point_name("distilled_8x_head1000", 1e-3, "cosine", 50, 900, 0.0, 0, "gold", 0.5) == (
-        "distilled_8x_head1000_lr0.001_cosine_w50_u900_b0_ef0_gold_kd0.5")
+        "distilled_8x_head1000_lr0.001_cosine_w50_u900_b0_ef0_gold_kd0.5_T2")
+    assert point_name("distilled_8x_head1000", 1e-3, "cosine", 50, 900, 0.0, 0, "gold", 0.5,
+                      4.0).endswith("_kd0.5_T4")

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from fairseq_distilled_emb.checkpoints import load_checkpoint
+from fairseq_distilled_emb.cli.quantized_export import quantize_embeddings
+from fairseq_distilled_emb.errors import DistilledEmbeddingError
 from helpers import (
     PLUGIN_DIR,
     dictionary_size,
@@ -214,3 +216,51 @@ def test_w_fp16_needs_a_low_rank_embedding(tiny_teacher, tmp_path):
         "fairseq-distilled-emb export: error: --embedding-w-fp16: this checkpoint's embedding is "
         "dense (no W); drop the flag"]
     assert not out.exists()
+
+
+def dense_head_state(prefixes_ranks):
+    """A saved model state with one dense-head embedding (K=100 of V=1,000, d=64) per prefix, of
+    the given tail rank, and its model config."""
+    from fairseq_distilled_emb.modules import DenseHeadEmbedding
+
+    state = {}
+    for prefix, rank in prefixes_ranks:
+        module = DenseHeadEmbedding(1000, 64, head_rows=100, rank=rank, padding_idx=1)
+        state.update({f"{prefix}.{key}": value for key, value in module.state_dict().items()})
+    return state, {"arch": "distilled_transformer", "embedding_factorization": "dense-head",
+                   "embedding_dense_rows": 100}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (dict(tail_bits=3, head_rows=100), "--embedding-tail-bits: a dense-head embedding's split is "
+     "already its own (dense head, low-rank tail), both stored in --embedding-bits codes; drop "
+     "--embedding-tail-bits and --embedding-head-rows"),
+    (dict(head_rows=100), "--embedding-head-rows: a dense-head embedding's split is already its "
+     "own (dense head, low-rank tail), both stored in --embedding-bits codes; drop "
+     "--embedding-tail-bits and --embedding-head-rows"),
+])
+def test_a_dense_head_split_flag_is_refused_not_ignored(flags, message):
+    state, cfg = dense_head_state([("decoder.embed_tokens", 8)])
+    with pytest.raises(DistilledEmbeddingError) as refused:
+        quantize_embeddings(state, cfg, 4, **flags)
+    assert str(refused.value) == message
+    assert cfg["embedding_factorization"] == "dense-head"  # the config is left as it was
+
+
+def test_embeddings_of_different_sizes_in_one_model_are_refused():
+    """The quantized model config records one --embedding-rank: an unshared encoder and decoder
+    embedding of different tail ranks would load with the wrong shapes."""
+    state, cfg = dense_head_state([("encoder.embed_tokens", 8), ("decoder.embed_tokens", 6)])
+    with pytest.raises(DistilledEmbeddingError) as refused:
+        quantize_embeddings(state, cfg, 8)
+    assert str(refused.value) == (
+        "--embedding-bits: this model's embeddings are factorized at different sizes (1000, 64, "
+        "dense rows=100, tail rank=6, int8 codes, padding_idx=None; 1000, 64, dense rows=100, "
+        "tail rank=8, int8 codes, padding_idx=None), and a quantized model records one; train "
+        "the student with --embedding-rank (the same for every embedding) or "
+        "--share-all-embeddings")
+    same, cfg = dense_head_state([("encoder.embed_tokens", 8), ("decoder.embed_tokens", 8)])
+    quantized = quantize_embeddings(same, cfg, 8)  # two unshared embeddings of one size: fine
+    assert quantized["encoder.embed_tokens.tail.codes"].shape == (900, 8)
+    assert (cfg["embedding_factorization"], cfg["embedding_rank"], cfg["embedding_bits"]) == (
+        "quantized-dense-head", 8, 8)

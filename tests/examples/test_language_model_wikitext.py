@@ -135,8 +135,8 @@ def check_shipped_teacher(results, command, tmp_path, capsys):
         shipped_teacher.install(shipped, results / "data-bin", results / "teacher")
     assert str(refused.value) == (
         f"error: {results / 'teacher' / 'checkpoint_best.pt'} is another teacher than the shipped "
-        f"{shipped / 'teacher_fp16.pt'}: pass --train-teacher to keep using it, or another "
-        "--results")
+        f"{shipped / 'teacher_fp16.pt'}: pass another --results, or move that checkpoint "
+        "away to install the shipped one here")
     with pytest.raises(SystemExit) as refused:
         shipped_teacher.pack(results, shipped)
     assert str(refused.value) == (

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from examples.multi30k.commands import file_sha256
-from examples.multi30k.stages import install_shipped_teacher, verify_shipped_teacher
+from examples.multi30k.stages import (
+    install_shipped_teacher,
+    recorded_sha256,
+    verify_shipped_teacher,
+)
 
 DEMO_TEACHER = Path(__file__).resolve().parents[2] / "examples" / "multi30k" / "demo_teacher"
 
@@ -30,8 +34,8 @@ def test_the_demo_teacher_installs_once_and_refuses_another_teacher_in_its_place
         install_shipped_teacher(DEMO_TEACHER, teacher_dir)
     assert str(refused.value) == (
         f"error: {checkpoint} is another teacher than the shipped "
-        f"{DEMO_TEACHER / 'teacher_fp16.pt'}: pass --train-teacher to keep using it, or another "
-        "--results")
+        f"{DEMO_TEACHER / 'teacher_fp16.pt'}: pass another --results, or move that checkpoint "
+        "away to install the shipped one here")
     assert checkpoint.read_bytes() == b"a teacher the user trained"  # nothing replaced
 
     # a shipped file changed since it was packed is refused before anything uses it
@@ -41,7 +45,7 @@ def test_the_demo_teacher_installs_once_and_refuses_another_teacher_in_its_place
         handle.write("unseen 1\n")
     with pytest.raises(SystemExit) as refused:
         verify_shipped_teacher(corrupted)
-    recorded = (DEMO_TEACHER / "SHA256SUMS").read_text().split()[4]
+    recorded = recorded_sha256(DEMO_TEACHER)["dict.txt"]
     assert str(refused.value) == (
         f"error: {corrupted / 'dict.txt'}: SHA-256 {file_sha256(corrupted / 'dict.txt')} differs "
         f"from the recorded {recorded}; restore the file (git checkout) or pass --train-teacher")

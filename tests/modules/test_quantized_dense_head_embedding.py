@@ -57,6 +57,10 @@ def test_a_saved_state_reads_back_without_building_a_model():
     codes = quantized(trained_dense_head(1), 4)
     state = {f"decoder.embed_tokens.{key}": value for key, value in codes.state_dict().items()}
     assert compressed_keys(state) == set(state)
+    assert {key for key in state if QuantizedDenseHeadEmbedding.owns_key(key)} == set(state)
+    for other in ("decoder.embed_tokens.codes", "decoder.embed_tokens.head",
+                  "decoder.embed_tokens.tail.U", "decoder.embed_tokens.tail_codes"):
+        assert not QuantizedDenseHeadEmbedding.owns_key(other), other  # low-rank / dense-head
     assert {QuantizedDenseHeadEmbedding.module_prefix(key) for key in state} == {
         "decoder.embed_tokens"}
     tensors = {key[len("decoder.embed_tokens."):]: value for key, value in state.items()}
