@@ -148,4 +148,5 @@ def test_an_unregistered_kind_is_one_clear_error(data_bin):
                                "--embedding-factorization", "product-quantization")
     assert str(error.value) == (
         "--embedding-factorization product-quantization is not a registered compressed "
-        "embedding; choose one of dense-head, low-rank, quantized, tensor-train")
+        "embedding; choose one of dense-head, low-rank, quantized, quantized-dense-head, "
+        "tensor-train")

