@@ -107,9 +107,12 @@ def _factor_groups(model, model_cfg, bits, options) -> Tuple[List, int]:
                       else _quantized_dense_head(tensors, model_cfg, bits, options))
         keys = [f"{prefix}.{name}" for prefix in prefixes for name in tensors]
         groups.append((keys, prefixes, module))
-    shapes = sorted({module.extra_repr() for _, _, module in groups})
-    if len({(module.rank, getattr(module, "head_rows", None)) for _, _, module in groups}) > 1:
-        # the model config holds one --embedding-rank (and --embedding-dense-rows) for all
+    # the model config records one --embedding-rank (and a dense-head's --embedding-dense-rows)
+    # for all; the vocabulary sizes come from the dictionaries, so those may differ
+    recorded = {(module.rank, module.head_rows if kind is DenseHeadEmbedding else None)
+                for _, _, module in groups}
+    if len(recorded) > 1:
+        shapes = sorted({module.extra_repr() for _, _, module in groups})
         raise DistilledEmbeddingError(
             "--embedding-bits: this model's embeddings are factorized at different sizes ("
             f"{'; '.join(shapes)}), and a quantized model records one; train the student with "

@@ -264,3 +264,19 @@ def test_embeddings_of_different_sizes_in_one_model_are_refused():
     assert quantized["encoder.embed_tokens.tail.codes"].shape == (900, 8)
     assert (cfg["embedding_factorization"], cfg["embedding_rank"], cfg["embedding_bits"]) == (
         "quantized-dense-head", 8, 8)
+
+
+def test_unshared_embeddings_of_one_rank_and_two_vocabularies_are_quantized():
+    """Only the rank is recorded in the config; each vocabulary size comes from its dictionary, so
+    an encoder and a decoder embedding of different sizes but one rank export as before."""
+    from fairseq_distilled_emb.modules import FactorizedEmbedding
+
+    state = {}
+    for prefix, vocab in (("encoder.embed_tokens", 1000), ("decoder.embed_tokens", 800)):
+        module = FactorizedEmbedding(vocab, 64, 8, padding_idx=1)
+        state.update({f"{prefix}.{key}": value for key, value in module.state_dict().items()})
+    cfg = {"arch": "distilled_transformer", "embedding_factorization": "low-rank"}
+    quantized = quantize_embeddings(state, cfg, 8)
+    assert quantized["encoder.embed_tokens.codes"].shape == (1000, 8)
+    assert quantized["decoder.embed_tokens.codes"].shape == (800, 8)
+    assert (cfg["embedding_factorization"], cfg["embedding_rank"]) == ("quantized", 8)
