@@ -60,6 +60,16 @@ def resolve_dense_head(num_embeddings, embedding_dim, head_rows, rank=None, comp
     return head_rows, rank
 
 
+def head_or_tail_rows(tokens, head_rows, head, tail):
+    """Each token's row from ``head`` (ids below ``head_rows``) or from ``tail`` (ids from
+    ``head_rows`` on, renumbered from 0): both are gathered for every token, ids clamped into
+    range, and the split picks (the tail costs r·d a token). Shared by the trained dense-head
+    embedding and its integer codes."""
+    rows = head(tokens.clamp(max=head_rows - 1))
+    tail_rows = tail(tokens.sub(head_rows).clamp(min=0))
+    return torch.where(tokens.lt(head_rows).unsqueeze(-1), rows, tail_rows)
+
+
 @register_compressed_embedding("dense-head")
 class DenseHeadEmbedding(CompressedEmbedding):
     """Rows ``0…K−1`` are a dense K×d table (``head``); rows ``K…V−1`` are ``tail``, a
@@ -104,11 +114,8 @@ class DenseHeadEmbedding(CompressedEmbedding):
         return with_zero_row(self.head, self.head_padding_idx)
 
     def forward(self, tokens):
-        """Each token's row from the head or from the tail (both gathered: the tail costs r·d)."""
-        in_head = tokens.lt(self.head_rows)
-        head = F.embedding(tokens.clamp(max=self.head_rows - 1), self.head_weight())
-        tail = self.tail(tokens.sub(self.head_rows).clamp(min=0))
-        return torch.where(in_head.unsqueeze(-1), head, tail)
+        return head_or_tail_rows(tokens, self.head_rows,
+                                 lambda ids: F.embedding(ids, self.head_weight()), self.tail)
 
     def logits(self, hidden):
         """K·d + r·(V−K+d) MACs per token: the head's dot products, then the tail's factors."""

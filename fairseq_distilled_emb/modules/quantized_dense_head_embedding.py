@@ -24,6 +24,7 @@ from fairseq_distilled_emb.modules.compressed_embedding import (
     CompressedEmbedding,
     register_compressed_embedding,
 )
+from fairseq_distilled_emb.modules.dense_head_embedding import head_or_tail_rows
 from fairseq_distilled_emb.modules.quantized_embedding import QUANTIZED_KEYS, QuantizedEmbedding
 
 PARTS = ("head", "tail")
@@ -78,10 +79,7 @@ class QuantizedDenseHeadEmbedding(CompressedEmbedding):
         return module
 
     def forward(self, tokens):
-        """Each token's row from the head or from the tail (both gathered, as dense-head does)."""
-        head = self.head(tokens.clamp(max=self.head_rows - 1))
-        tail = self.tail(tokens.sub(self.head_rows).clamp(min=0))
-        return torch.where(tokens.lt(self.head_rows).unsqueeze(-1), head, tail)
+        return head_or_tail_rows(tokens, self.head_rows, self.head, self.tail)
 
     def logits(self, hidden):
         return torch.cat([self.head.logits(hidden), self.tail.logits(hidden)], dim=-1)
