@@ -25,6 +25,9 @@ python -m benchmarks.rank_ceiling --results $R --profile wikitext2-cpu --dense-r
 python -m benchmarks.rank_ceiling --results $R --profile wikitext2-cpu --dense-rows 2000 --ranks 17
 python -m benchmarks.rank_ceiling --results $R --profile wikitext2-cpu --dense-rows 500 --ranks 12
 
+# 2b. the teacher's own E in int4/int3/int2 codes (no training, no choice to make: minutes each)
+"${RUN[@]}" --rows teacher_int4 teacher_int3 teacher_int2
+
 # 3a. the students' budget and output distillation, chosen on valid before the rows: the 8x
 #    dense-head student that stage 2 ranks first (K=1000 here; K=2000 if stage 2 says so) with
 #    300 or 900 fine-tuning updates (the uniform 8x student gained 17.9 valid ppl from 600
@@ -35,9 +38,9 @@ SWEEP=(python -m benchmarks.schedule_sweep --recipe language_model --results $R
        --profile wikitext2-cpu --lr 1e-3 --scheduler cosine --warmup 50 --beta 0)
 "${SWEEP[@]}" --rows distilled_8x_head1000 --updates 300 900
 "${SWEEP[@]}" --rows distilled_8x_head1000 --updates 900 --kd-alpha 0.5 --kd-temperature 2
-# 3. the rows the issue's targets name, post-training ones first (minutes), then the students
+# 3. the rows the issue's targets name: the students, their post-training codes
 #    (~11 min each at 300 updates), then the same-budget baselines
-"${RUN[@]}" --rows teacher_int4 teacher_int3 teacher_int2 distilled_8x distilled_16x \
+"${RUN[@]}" --rows distilled_8x distilled_16x \
     distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_16x_ptq_int8 teacher_continued \
     distilled_8x_head1000 distilled_8x_head2000 distilled_16x_head500 distilled_16x_head1000 \
     distilled_8x_head1000_ptq_int8 distilled_8x_head1000_ptq_int4 distilled_8x_head2000_ptq_int8 \
