@@ -237,8 +237,13 @@ def parse_train_log(output: str) -> Dict:
     dense = re.search(r"num\. shared model params: ([\d,]+)", output)
     if dense:
         summary["total_params"] = int(dense.group(1).replace(",", ""))
+    # fairseq's own best_loss (restored from the checkpoint on a resume, so a run resumed after
+    # its best keeps that best); the lowest loss printed by this run where it is absent
+    best = re.findall(r"valid on 'valid' subset \|.*?\| best_loss ([\d.]+)", output)
     valid_losses = re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", output)
-    if valid_losses:
+    if best:
+        summary["best_valid_loss"] = float(best[-1])
+    elif valid_losses:
         summary["best_valid_loss"] = min(float(loss) for loss in valid_losses)
     wps = re.findall(r"\| train \| epoch .*?\| wps ([\d.]+)", output)
     if wps:
