@@ -168,3 +168,19 @@ def check_shipped_teacher(results, command, tmp_path, capsys):
         f"{Path(sys.argv[0]).name}: error: --vocab-size: the shipped teacher ({shipped}) brings "
         "its own dictionary; add --train-teacher to train one on another vocabulary")
     assert not (tmp_path / "none").exists()
+
+
+def test_the_committed_wikitext2_cpu_teacher_is_the_profiles_and_intact():
+    """The teacher the wikitext2-cpu profile installs instead of training one (~5 hours of 2
+    cores): its checksums hold, its summary is the run its README describes, and it loads with
+    torch's weights-only unpickler as a tied 33,280 x 256 transformer_lm_gpt."""
+    shipped = lm_recipe.PROFILES["wikitext2-cpu"].shipped_teacher
+    assert shipped == Path(lm_recipe.__file__).resolve().parent / "wikitext2_cpu_teacher"
+    shipped_teacher.verify(shipped)
+    summary = json.loads((shipped / "train.json").read_text())
+    assert (summary["updates"], summary["best_valid_loss"]) == (2816, 7.07)
+    assert summary["settings"]["--patience"] == "3"
+    state = load_checkpoint(shipped / "teacher_fp16.pt")
+    embed = state["model"]["decoder.embed_tokens.weight"]
+    assert (tuple(embed.shape), str(embed.dtype)) == ((33280, 256), "torch.float16")
+    assert state["cfg"]["model"]["share_decoder_input_output_embed"] is True
