@@ -125,8 +125,9 @@ PROFILES = {
                        "--validate-interval", "1000", "--save-interval", "1000",
                        "--patience", "3"],
         # ~1.2 epochs, cosine: the peak chosen on valid perplexity of the 8x student
-        # (benchmarks/results/lm-wikitext2-cpu/first-teacher/sweep/: 3e-3 / 1e-3 / 3e-4 -> 189.56 / 166.83 /
-        # 167.38); the translation students' rule (1.5x the teacher's peak, 3e-3) wrecked the body
+        # (benchmarks/results/lm-wikitext2-cpu/first-teacher/sweep/: 3e-3 / 1e-3 / 3e-4 ->
+        # 189.56 / 166.83 / 167.38); the translation students' rule (1.5x the teacher's peak,
+        # 3e-3) wrecked the body
         student_train=cosine_fine_tuning(1e-3, 300),
         rows=WIKITEXT_ROWS, max_tokens=8192, score_valid=True,
         # trained by this profile (2,816 updates, best valid at 2,304) and packed: its README

@@ -39,7 +39,8 @@ SWEEP=(python -m benchmarks.schedule_sweep --recipe language_model --results $R
 "${SWEEP[@]}" --rows distilled_8x_head1000 --updates 300 900
 "${SWEEP[@]}" --rows distilled_8x_head1000 --updates 900 --kd-alpha 0.5 --kd-temperature 2
 # 3. the rows the targets name: the students, their post-training codes
-#    (~11 min each at 300 updates), then the same-budget baselines
+#    (300 updates: ~11 min each for the uniform ones, ~24 min for dense-head), then the
+#    same-budget baselines
 "${RUN[@]}" --rows distilled_8x distilled_16x \
     distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_16x_ptq_int8 teacher_continued \
     distilled_8x_head1000 distilled_8x_head2000 distilled_16x_head500 distilled_16x_head1000 \
