@@ -298,7 +298,11 @@ def count_bytes(model: dict) -> int:
 
 
 def count_parameters(model: dict) -> int:
-    """Distinct tensors' elements (tied weights appear under several keys but count once)."""
-    distinct = {tensor_identity(v): v for v in model.values()
-                if torch.is_tensor(v) and v.is_floating_point()}
-    return sum(v.numel() for v in distinct.values())
+    """Distinct tensors' numbers (tied weights appear under several keys but count once): every
+    float tensor's elements, and one per code of each integer-code table, rows × width as its
+    ``code_shape`` says (packed codes are bytes, not a count), so that a file in codes counts the
+    parameters of the float model it was exported from, plus its per-row scales and offsets."""
+    distinct = {tensor_identity(v): (k, v) for k, v in model.items() if torch.is_tensor(v)}
+    floats = sum(v.numel() for _, v in distinct.values() if v.is_floating_point())
+    codes = sum(int(v[0]) * int(v[1]) for k, v in distinct.values() if k.endswith("code_shape"))
+    return floats + codes
