@@ -139,7 +139,7 @@ def test_dense_head_student_trains_from_the_teacher_and_exports(data_bin, tiny_t
     stats = run_distilled_emb("stats", codes).stdout
     assert re.search(r"^compressed +(.+)$", stats, re.M)[1] == (
         f"dense rows=20, tail rank={rank}, int8 codes")
-    # parameters: one per code, W, and each row's fp16 scale and offset (as many as trained)
+    # parameters: one per code, W, and each row's fp16 scale and offset
     assert re.search(r"^embedding params +(.+)$", stats, re.M)[1] == \
         f"{20 * (64 + 2) + (vocabulary - 20) * (rank + 2) + rank * 64:,}"
     stored = 20 * (64 + 4) + (vocabulary - 20) * (rank + 4) + rank * 64 * 4 + 2 * 3 * 8
