@@ -39,9 +39,10 @@ SWEEP=(python -m benchmarks.schedule_sweep --recipe language_model --results $R
 "${SWEEP[@]}" --rows distilled_8x_head1000 --updates 300 900
 "${SWEEP[@]}" --rows distilled_8x_head1000 --updates 900 --kd-alpha 0.5 --kd-temperature 2
 # 3. the rows the targets name: the students, their post-training codes
-#    (900 updates: ~60-75 min each on 2 cores, the teacher continued about the same), then the same-budget baselines. The 16x dense-head
-#    row was first trained at 300 updates, before the choice: move rows/distilled_16x_head500*
-#    away (e.g. to rows-u300/) so that it is trained again at 900
+#    (900 updates: ~60-75 min each on 2 cores, the teacher continued about the same), then the
+#    same-budget baselines. The 16x dense-head row was first trained at 300 updates, before the
+#    choice: move rows/distilled_16x_head500* away (e.g. to rows-u300/) so that it is trained
+#    again at 900
 "${RUN[@]}" --rows distilled_8x distilled_16x \
     distilled_8x_ptq_int8 distilled_8x_ptq_int4 distilled_16x_ptq_int8 teacher_continued \
     distilled_8x_head1000 distilled_8x_head2000 distilled_16x_head500 distilled_16x_head1000 \

@@ -10,6 +10,7 @@ R=results/lm-wikitext2-cpu
 O=$R/smaller-dim-stopped; mkdir -p $O
 cp $R/rows/smaller_dim/checkpoint_best.pt $O/checkpoint_best.pt
 grep "valid on 'valid'" $R/logs/smaller_dim.train.log > $O/valid-curve.log
+: > $O/scores.log   # a rerun replaces the scores, not appends to them
 for split in valid test; do
   fairseq-eval-lm $R/data-bin --user-dir fairseq_distilled_emb --path $O/checkpoint_best.pt \
     --gen-subset $split --max-tokens 8192 --sample-break-mode none --tokens-per-sample 256 \
