@@ -52,7 +52,7 @@ SWEEP=(python -m benchmarks.schedule_sweep --recipe language_model --results $R
     svd_linear_8x distilled_4x distilled_32x tensor_train_8x
 
 # 4. from scratch with the teacher's recipe (hours each; they need no teacher). smaller_dim ran
-#    ~2.3 s an update on 2 idle cores and was still improving at 3,200 updates (2 h 5 min);
+#    ~2.3 s an update on 2 idle cores and was still improving at 5,760 updates (3 h 42 min);
 #    score-smaller-dim-stopped.sh scores a stopped run's best checkpoint so far
 "${RUN[@]}" --rows adaptive_8x adaptive_16x adaptive_8x_ptq_int8 adaptive_8x_ptq_int4 \
     adaptive_16x_ptq_int8 adaptive_16x_ptq_int4 smaller_dim

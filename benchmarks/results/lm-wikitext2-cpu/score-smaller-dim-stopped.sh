@@ -4,10 +4,12 @@
 # checkpoint_last.pt the next time the recipe runs), and its best checkpoint so far is copied aside
 # and scored with the recipe's fairseq-eval-lm flags, valid then test. The copy lies outside the
 # row's directory, so the recipe's own eval.json is written only once the row has finished.
+# Usage: score-smaller-dim-stopped.sh [DIR]  (DIR under results/lm-wikitext2-cpu/, default
+# smaller-dim-stopped: the run stopped at 3,200 updates; smaller-dim-u5760: the resumed run)
 set -euo pipefail
 # from the repository root, with the environment the README installs active
 R=results/lm-wikitext2-cpu
-O=$R/smaller-dim-stopped; mkdir -p $O
+O=$R/${1:-smaller-dim-stopped}; mkdir -p $O
 cp $R/rows/smaller_dim/checkpoint_best.pt $O/checkpoint_best.pt
 grep "valid on 'valid'" $R/logs/smaller_dim.train.log > $O/valid-curve.log
 : > $O/scores.log   # a rerun replaces the scores, not appends to them
