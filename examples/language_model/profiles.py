@@ -3,7 +3,7 @@ which rows run) and the rows, most of them the translation recipe's own declarat
 student of the teacher, the same-size dense model, the teacher trained on). ``run.py`` runs them;
 ``benchmarks/schedule_sweep.py --recipe language_model`` reads them from there."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -155,6 +155,9 @@ PROFILES = {
 
 # The translation recipe's row declarations, plus the dense LM of the 8x student's total size.
 ROWS = {**{name: TRANSLATION_ROWS[name] for name in ALL_ROWS if name in TRANSLATION_ROWS},
+        # the LM students train with β = 0 (STUDENT_BETA), tensor-train included: no embedding KD
+        "tensor_train_8x": replace(TRANSLATION_ROWS["tensor_train_8x"], description=(
+            "tensor-train embedding (tensorly-torch), same budget, from the teacher's TT-SVD")),
         "smaller_dim": Row("smaller_dim", "smaller-dim dense, same total params as the 8x "
                            "student, from scratch", kind="dense", compression=8),
         **{f"distilled_{ratio}x_head{rows}": Row(

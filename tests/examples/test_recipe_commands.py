@@ -86,6 +86,17 @@ def test_every_language_model_training_command_carries_each_flag_once(profile_na
             if repeated(command)} == {}
 
 
+def test_the_language_model_tensor_train_row_says_it_trains_without_embedding_kd():
+    """The LM students train with β = 0, so the tensor-train row's description (shared with the
+    translation recipe, whose row has embedding KD) must not claim it."""
+    lm = load_recipe("language_model")
+    command = language_model_commands(lm, "wikitext2-cpu", recipe_args())["tensor_train_8x"]
+    beta = command.index("--embedding-distill-weight")
+    assert command[beta + 1] == "0"
+    assert lm.ROWS["tensor_train_8x"].description == (
+        "tensor-train embedding (tensorly-torch), same budget, from the teacher's TT-SVD")
+
+
 def test_the_later_group_keeps_its_value_as_argparse_kept_it():
     """The flags the groups used to repeat hold the value argparse ended up with before."""
     demo = translation_commands(load_recipe(), "demo", recipe_args())
