@@ -43,8 +43,8 @@ class Profile:
 #: dense-head students sized for a word-level vocabulary (WikiText-2's 33,280 words): at 8x the
 #: budget holds ~4,160 dense rows, so the head is 1,000 or 2,000 words (500 or 1,000 at 16x; at
 #: 32x the head halves again, 250 words, and the tail keeps rank 6)
-DENSE_HEAD_ROWS = ["distilled_8x_head1000", "distilled_8x_head2000", "distilled_16x_head500",
-                   "distilled_16x_head1000", "distilled_32x_head250"]
+DENSE_HEAD_SHAPES = ((8, 1000), (8, 2000), (16, 500), (16, 1000), (32, 250))
+DENSE_HEAD_ROWS = [f"distilled_{ratio}x_head{rows}" for ratio, rows in DENSE_HEAD_SHAPES]
 #: each of them post-training in int8 and int4 codes (``export --embedding-bits``)
 DENSE_HEAD_PTQ_ROWS = [f"{row}_ptq_int{bits}" for row in DENSE_HEAD_ROWS for bits in (8, 4)]
 ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
@@ -164,7 +164,7 @@ ROWS = {**{name: TRANSLATION_ROWS[name] for name in ALL_ROWS if name in TRANSLAT
             f"distilled_{ratio}x_head{rows}", f"Distilled Embedding {ratio}x with the {rows} most "
             "frequent words' rows dense (dense-head)", compression=ratio,
             flags=("--embedding-factorization", "dense-head", "--embedding-dense-rows", str(rows)))
-           for ratio, rows in ((8, 1000), (8, 2000), (16, 500), (16, 1000), (32, 250))},
+           for ratio, rows in DENSE_HEAD_SHAPES},
         **{f"adaptive_{ratio}x": Row(
             f"adaptive_{ratio}x", f"stock adaptive input + tied adaptive softmax, embedding "
             f"bytes of the {ratio}x student, from scratch", kind="adaptive", compression=ratio)
