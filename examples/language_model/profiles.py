@@ -41,9 +41,10 @@ class Profile:
 
 
 #: dense-head students sized for a word-level vocabulary (WikiText-2's 33,280 words): at 8x the
-#: budget holds ~4,160 dense rows, so the head is 1,000 or 2,000 words (500 or 1,000 at 16x; at
-#: 32x the head halves again, 250 words, and the tail keeps rank 6)
-DENSE_HEAD_SHAPES = ((8, 1000), (8, 2000), (16, 500), (16, 1000), (32, 250))
+#: budget holds ~4,160 dense rows, so the head is 1,000 or 2,000 words (500 or 1,000 at 16x); the
+#: head halves with each doubling of compression, so 2,000 words at 4x (tail rank 51) and 250 at
+#: 32x (tail rank 6)
+DENSE_HEAD_SHAPES = ((4, 2000), (8, 1000), (8, 2000), (16, 500), (16, 1000), (32, 250))
 DENSE_HEAD_ROWS = [f"distilled_{ratio}x_head{rows}" for ratio, rows in DENSE_HEAD_SHAPES]
 #: each of them post-training in int8 and int4 codes (``export --embedding-bits``)
 DENSE_HEAD_PTQ_ROWS = [f"{row}_ptq_int{bits}" for row in DENSE_HEAD_ROWS for bits in (8, 4)]

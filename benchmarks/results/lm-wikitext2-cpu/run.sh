@@ -50,7 +50,8 @@ SWEEP=(python -m benchmarks.schedule_sweep --recipe language_model --results $R
     distilled_8x_head2000_ptq_int4 distilled_16x_head500_ptq_int8 distilled_16x_head500_ptq_int4 \
     distilled_16x_head1000_ptq_int8 distilled_16x_head1000_ptq_int4 \
     svd_linear_8x tensor_train_8x distilled_32x_head250 distilled_32x_head250_ptq_int8 \
-    distilled_32x_head250_ptq_int4 distilled_4x distilled_32x
+    distilled_32x_head250_ptq_int4 distilled_4x_head2000 distilled_4x_head2000_ptq_int8 \
+    distilled_4x_head2000_ptq_int4 distilled_4x distilled_32x
 
 # 4. from scratch with the teacher's recipe (hours each; they need no teacher). smaller_dim ran
 #    ~2.3 s an update on 2 idle cores and was still improving at 5,760 updates (3 h 42 min);
