@@ -39,18 +39,17 @@ def test_lookup_and_logits_use_the_same_matrix_and_padding_stays_zero(padding_id
     assert embedding.num_compressed_params() == sum(p.numel() for p in embedding.parameters())
 
 
-def test_compression_picks_the_largest_tail_rank_within_the_budget():
-    """WikiText-2's shape at 8x: 2,000 dense rows leave rank 17 for the other 31,280 words; at
-    4x and 32x, the recipe's distilled_4x_head2000 and distilled_32x_head250 keep ranks 51 and 6."""
-    assert resolve_dense_head(33280, 256, 2000, compression=8) == (2000, 17)
-    budget = factorization.dense_embedding_params(33280, 256) / 8
-    assert dense_head_params(33280, 256, 2000, 17) <= budget < dense_head_params(33280, 256, 2000, 18)
-    assert resolve_dense_head(33280, 256, 250, compression=32) == (250, 6)
-    budget = factorization.dense_embedding_params(33280, 256) / 32
-    assert dense_head_params(33280, 256, 250, 6) <= budget < dense_head_params(33280, 256, 250, 7)
-    assert resolve_dense_head(33280, 256, 2000, compression=4) == (2000, 51)
-    budget = factorization.dense_embedding_params(33280, 256) / 4
-    assert dense_head_params(33280, 256, 2000, 51) <= budget < dense_head_params(33280, 256, 2000, 52)
+@pytest.mark.parametrize("dense_rows, compression, rank", [(2000, 8, 17), (2000, 4, 51), (250, 32, 6)])
+def test_compression_picks_the_largest_tail_rank_within_the_budget(dense_rows, compression, rank):
+    """WikiText-2's shape (V=33,280, d=256): at 8x, 2,000 dense rows leave rank 17 for the other
+    31,280 words; the recipe's distilled_4x_head2000 and distilled_32x_head250 keep ranks 51 and 6."""
+    assert resolve_dense_head(33280, 256, dense_rows, compression=compression) == (dense_rows, rank)
+    budget = factorization.dense_embedding_params(33280, 256) / compression
+    assert (dense_head_params(33280, 256, dense_rows, rank) <= budget
+            < dense_head_params(33280, 256, dense_rows, rank + 1))
+
+
+def test_an_explicit_tail_rank_is_kept():
     assert resolve_dense_head(8008, 256, 128, rank=40) == (128, 40)
 
 
