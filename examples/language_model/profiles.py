@@ -48,13 +48,14 @@ DENSE_HEAD_SHAPES = ((4, 2000), (8, 1000), (8, 2000), (16, 500), (16, 1000), (32
 DENSE_HEAD_ROWS = [f"distilled_{ratio}x_head{rows}" for ratio, rows in DENSE_HEAD_SHAPES]
 #: each of them post-training in int8 and int4 codes (``export --embedding-bits``)
 DENSE_HEAD_PTQ_ROWS = [f"{row}_ptq_int{bits}" for row in DENSE_HEAD_ROWS for bits in (8, 4)]
-ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_no_kd_8x", "distilled_4x", "distilled_8x",
-            "distilled_16x", "distilled_32x", "distilled_output_kd_8x", "tensor_train_8x",
-            "adaptive_8x", "adaptive_16x", "teacher_int8", "teacher_int4", "teacher_int3",
-            "teacher_int2", "distilled_8x_ptq_int8", "distilled_8x_ptq_int4",
-            "distilled_16x_ptq_int8", "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4",
-            "adaptive_16x_ptq_int8", "adaptive_16x_ptq_int4", "teacher_continued",
-            *DENSE_HEAD_ROWS, *DENSE_HEAD_PTQ_ROWS]
+# (not the translation recipe's distilled_no_kd_8x: with STUDENT_BETA every LM student is β=0, so
+# it would be distilled_8x again)
+ALL_ROWS = ["smaller_dim", "svd_linear_8x", "distilled_4x", "distilled_8x", "distilled_16x",
+            "distilled_32x", "distilled_output_kd_8x", "tensor_train_8x", "adaptive_8x",
+            "adaptive_16x", "teacher_int8", "teacher_int4", "teacher_int3", "teacher_int2",
+            "distilled_8x_ptq_int8", "distilled_8x_ptq_int4", "distilled_16x_ptq_int8",
+            "adaptive_8x_ptq_int8", "adaptive_8x_ptq_int4", "adaptive_16x_ptq_int8",
+            "adaptive_16x_ptq_int4", "teacher_continued", *DENSE_HEAD_ROWS, *DENSE_HEAD_PTQ_ROWS]
 MAIN_ROWS = ["svd_linear_8x", "smaller_dim", "distilled_4x", "distilled_8x", "distilled_16x",
              "teacher_continued"]
 #: WikiText-2: the students, every baseline a user would try first, and the post-training rows,
@@ -157,6 +158,9 @@ PROFILES = {
 # The translation recipe's row declarations, plus the dense LM of the 8x student's total size.
 ROWS = {**{name: TRANSLATION_ROWS[name] for name in ALL_ROWS if name in TRANSLATION_ROWS},
         # the LM students train with β = 0 (STUDENT_BETA), tensor-train included: no embedding KD
+        **{f"distilled_{ratio}x": replace(TRANSLATION_ROWS[f"distilled_{ratio}x"], description=(
+            f"Distilled Embedding {ratio}x (reconstruction init, fine-tuned with β=0)"))
+           for ratio in (4, 8, 16, 32)},
         "tensor_train_8x": replace(TRANSLATION_ROWS["tensor_train_8x"], description=(
             "tensor-train embedding (tensorly-torch), same budget, from the teacher's TT-SVD")),
         "smaller_dim": Row("smaller_dim", "smaller-dim dense, same total params as the 8x "
