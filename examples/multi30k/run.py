@@ -48,7 +48,6 @@ from examples.multi30k.stages import (  # noqa: F401  (the stages, also for othe
     fairseq_tool,
     install_shipped_teacher,
     language_pair,
-    parse_train_log,
     prepare,
     run,
     sentencepiece_encode,

@@ -27,6 +27,7 @@ from examples.multi30k.commands import (
     training_settings,
     write_json,
 )
+from examples.multi30k.train_log import parse_train_log, training_wall_seconds
 from fairseq_distilled_emb import evaluation
 
 logger = logging.getLogger(__name__)
@@ -214,13 +215,13 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
     settings = {**training_settings(flags), **starting_checkpoint(flags)}
     if done.exists():
         return refuse_other_settings(done, settings)
-    started = time.perf_counter()
-    output = run(train_command(data_bin, save_dir, flags),
-                 results / "logs" / f"{log_name}.train.log")
+    log = results / "logs" / f"{log_name}.train.log"
+    output = run(train_command(data_bin, save_dir, flags), log)
     summary = parse_train_log(output)
     if (save_dir / "reconstruction.json").exists():  # a student: what the task wrote at its start
         summary.update(start_figures(json.loads((save_dir / "reconstruction.json").read_text())))
-    summary["train_seconds"] = round(time.perf_counter() - started, 1)
+    # the log holds every run of this training (a resumed one appends): their wall time, summed
+    summary["train_seconds"] = training_wall_seconds(log.read_text(encoding="utf-8"))
     summary["settings"] = settings
     write_json(done, summary)
     return summary
@@ -229,29 +230,6 @@ def train(data_bin: Path, save_dir: Path, flags: List[str], log_name: str, resul
 def train_command(data_bin: Path, save_dir: Path, flags: List[str]) -> List[str]:
     """The fairseq-train command line of a stage, exactly as it is run and printed."""
     return [fairseq_tool("train"), str(data_bin), "--save-dir", str(save_dir)] + flags
-
-
-def parse_train_log(output: str) -> Dict:
-    """Parameter count, best valid loss, final train wps and updates from fairseq's own lines."""
-    summary = {}
-    dense = re.search(r"num\. shared model params: ([\d,]+)", output)
-    if dense:
-        summary["total_params"] = int(dense.group(1).replace(",", ""))
-    # fairseq's own best_loss (restored from the checkpoint on a resume, so a run resumed after
-    # its best keeps that best); the lowest loss printed by this run where it is absent
-    best = re.findall(r"valid on 'valid' subset \|.*?\| best_loss ([\d.]+)", output)
-    valid_losses = re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", output)
-    if best:
-        summary["best_valid_loss"] = float(best[-1])
-    elif valid_losses:
-        summary["best_valid_loss"] = min(float(loss) for loss in valid_losses)
-    wps = re.findall(r"\| train \| epoch .*?\| wps ([\d.]+)", output)
-    if wps:
-        summary["train_wps"] = float(wps[-1])
-    updates = re.findall(r"num_updates[ =](\d+)", output)
-    if updates:
-        summary["updates"] = int(updates[-1])
-    return summary
 
 
 def start_figures(figures: Dict) -> Dict:
