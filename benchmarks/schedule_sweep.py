@@ -86,22 +86,38 @@ def sweep_table(sweep_dir: Path, teacher_score: float, score) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, required=True)
-    parser.add_argument("--recipe", choices=["multi30k", "language_model"], default="multi30k")
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--rows", nargs="+", default=["distilled_8x"])
-    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
-    parser.add_argument("--scheduler", choices=SCHEDULERS, nargs="+", default=["inverse_sqrt"])
-    parser.add_argument("--warmup", type=int, nargs="+", default=[50])
-    parser.add_argument("--updates", type=int, nargs="+", default=[250])
-    parser.add_argument("--beta", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--embedding-first", type=int, nargs="+", default=[0])
+    parser.add_argument("--results", type=Path, required=True,
+                        help="a finished recipe results directory (its data-bin and teacher); "
+                        "the points go to <results>/sweep")
+    parser.add_argument("--recipe", choices=["multi30k", "language_model"], default="multi30k",
+                        help="whose rows and scoring: valid BLEU (multi30k) or valid perplexity")
+    parser.add_argument("--profile", default="demo", help="the recipe's profile the results "
+                        "directory was made with (its student flags are the base of every point)")
+    parser.add_argument("--rows", nargs="+", default=["distilled_8x"],
+                        help="the recipe's student rows to sweep")
+    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="peak learning rates")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, nargs="+", default=["inverse_sqrt"],
+                        help="fairseq --lr-scheduler values")
+    parser.add_argument("--warmup", type=int, nargs="+", default=[50],
+                        help="--warmup-updates values")
+    parser.add_argument("--updates", type=int, nargs="+", default=[250],
+                        help="fine-tuning budgets (--max-update)")
+    parser.add_argument("--beta", type=float, nargs="+", default=[1.0],
+                        help="--embedding-distill-weight values (β of the embedding KD term)")
+    parser.add_argument("--embedding-first", type=int, nargs="+", default=[0],
+                        help="--embedding-first-updates values (updates that train only the "
+                        "embedding's factors, the body frozen, before every weight)")
     parser.add_argument("--kd-alpha", type=float, nargs="+", default=[None],
                         help="output distillation weights to try (--kd-alpha of the criterion, "
                         "at --kd-temperature); default: each row's own")
-    parser.add_argument("--kd-temperature", type=float, default=2.0)
-    parser.add_argument("--train-data", nargs="+", default=["gold"], choices=["gold", "teacher", "both"])
-    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--kd-temperature", type=float, default=2.0,
+                        help="the output distillation's temperature, with --kd-alpha")
+    parser.add_argument("--train-data", nargs="+", default=["gold"],
+                        choices=["gold", "teacher", "both"],
+                        help="the students' training targets: the references, the teacher's "
+                        "beam outputs (sequence KD), or both (multi30k only)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                        help="where fairseq-train runs")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false",
                         help="on GPU, train in fp32 (as the cpu profile does) instead of fp16")
     args = parser.parse_args()
