@@ -212,8 +212,11 @@ def main(argv=None):
     parser.add_argument("--results", type=Path, required=True,
                         help="a finished examples.multi30k.run results directory")
     parser.add_argument("--profile", default="demo", help="the profile it was run with")
-    parser.add_argument("--teacher-bits", type=int, nargs="*", default=list(TEACHER_BITS))
-    parser.add_argument("--factor-bits", type=int, nargs="*", default=list(FACTOR_BITS))
+    parser.add_argument("--teacher-bits", type=int, nargs="*", default=list(TEACHER_BITS),
+                        help="the teacher's E (and every stock row's) exported in these code "
+                        "widths")
+    parser.add_argument("--factor-bits", type=int, nargs="*", default=list(FACTOR_BITS),
+                        help="the students' f(U) exported in these code widths")
     parser.add_argument("--points", nargs="*",
                         help="only these points (e.g. teacher_int4 distilled_8x_int4)")
     parser.add_argument("--int8-body", nargs="*", default=[],

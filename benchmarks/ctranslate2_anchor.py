@@ -83,9 +83,10 @@ def score(model: Path, results: Path, source_lang: str, target_lang: str) -> dic
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, required=True)
-    parser.add_argument("--source-lang", default="de")
-    parser.add_argument("--target-lang", default="en")
+    parser.add_argument("--results", type=Path, required=True,
+                        help="a finished examples.multi30k.run results directory")
+    parser.add_argument("--source-lang", default="de", help="the pair's source language")
+    parser.add_argument("--target-lang", default="en", help="the pair's target language")
     parser.add_argument("--rows", nargs="*", default=[],
                         help="also convert these finished stock rows (<results>/rows/NAME), e.g. "
                              "teacher_continued")

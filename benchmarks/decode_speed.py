@@ -26,13 +26,15 @@ from fairseq_distilled_emb.evaluation import decode_speed
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_bin")
+    parser.add_argument("data_bin", help="the fairseq-preprocess directory the checkpoints use")
     parser.add_argument("checkpoints", nargs="+", type=Path, help="teacher first, then students")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--subset", default="test")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--output", type=Path)
+    parser.add_argument("--beam", type=int, default=5, help="fairseq-generate --beam")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="fairseq-generate --batch-size (sentences)")
+    parser.add_argument("--subset", default="test", help="the split decoded")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of every model in turn; the best sentences/s is kept")
+    parser.add_argument("--output", type=Path, help="write the speeds as JSON here")
     parser.add_argument("--ctranslate2", type=Path, nargs="*", default=[],
                         help="CTranslate2 model directories to time in the same loop")
     parser.add_argument("--source", type=Path, help="with --ctranslate2: the encoded source file")

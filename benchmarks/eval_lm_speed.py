@@ -95,17 +95,21 @@ def ctranslate2_score(model_dir: Path, stream: List[str], new: int, context: int
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_bin", type=Path)
+    parser.add_argument("data_bin", type=Path,
+                        help="the fairseq-preprocess directory the checkpoints use")
     parser.add_argument("checkpoints", nargs="+", type=Path, help="teacher first, then students")
     parser.add_argument("--sample-flags", default="--sample-break-mode none "
                         "--tokens-per-sample 256 --context-window 128 --softmax-batch 64",
                         help="fairseq-eval-lm's blocks (the recipe's corpora.eval_flags)")
-    parser.add_argument("--subset", default="test")
-    parser.add_argument("--max-tokens", type=int, default=8192)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--ctranslate2", nargs="*", default=[], metavar="NAME=CHECKPOINT")
-    parser.add_argument("--work", type=Path, default=Path("results/eval-lm-speed"))
-    parser.add_argument("--output", type=Path)
+    parser.add_argument("--subset", default="test", help="the split scored")
+    parser.add_argument("--max-tokens", type=int, default=8192, help="fairseq-eval-lm --max-tokens")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of every model in turn; the best tokens/s is kept")
+    parser.add_argument("--ctranslate2", nargs="*", default=[], metavar="NAME=CHECKPOINT",
+                        help="also time this checkpoint converted to CTranslate2 int8")
+    parser.add_argument("--work", type=Path, default=Path("results/eval-lm-speed"),
+                        help="where the CTranslate2 conversions are written")
+    parser.add_argument("--output", type=Path, help="write the speeds as JSON here")
     args = parser.parse_args(argv)
     flags = shlex.split(args.sample_flags)
     window = int(flags[flags.index("--context-window") + 1]) if "--context-window" in flags else 0

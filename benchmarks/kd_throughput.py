@@ -65,8 +65,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     demo = REPO / "results" / "multi30k-demo"
-    parser.add_argument("--data-bin", default=str(demo / "data-bin"))
-    parser.add_argument("--teacher", default=str(demo / "teacher" / "checkpoint_best.pt"))
+    parser.add_argument("--data-bin", default=str(demo / "data-bin"),
+                        help="the fairseq-preprocess directory trained on")
+    parser.add_argument("--teacher", default=str(demo / "teacher" / "checkpoint_best.pt"),
+                        help="the teacher distilled from")
     parser.add_argument("--arch-flags", default=(
         "--encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 --decoder-embed-dim 128 "
         "--encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 --encoder-attention-heads 4 "
@@ -76,9 +78,10 @@ def main():
     parser.add_argument("--untrained-teacher", type=Path,
                         help="measure with a 2-update teacher of --arch-flags trained into this "
                              "directory instead of --teacher")
-    parser.add_argument("--updates", type=int, default=60)
-    parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--updates", type=int, default=60, help="updates timed per run")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="fairseq-train --max-tokens")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of every configuration in turn; the best is kept")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     if args.arch_flags == "recipe":

@@ -55,8 +55,10 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, required=True,
                         help="a finished examples/language_model/run.py results directory")
-    parser.add_argument("--profile", default="wikitext2-cpu")
-    parser.add_argument("--ranks", type=int, nargs="+", required=True)
+    parser.add_argument("--profile", default="wikitext2-cpu",
+                        help="the profile the results directory was made with")
+    parser.add_argument("--ranks", type=int, nargs="+", required=True,
+                        help="the ranks r of the approximations scored")
     parser.add_argument("--dense-rows", type=int, default=0, help="keep the teacher's first K "
                         "rows (the dense-head kind's head) and approximate only the rest")
     parser.add_argument("--subset", default="valid", help="the split scored (choices are made "

@@ -55,9 +55,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path,
-                        default=REPO / "results" / "multi30k-demo" / "teacher" / "checkpoint_best.pt")
-    parser.add_argument("--ratios", type=float, nargs="*", default=[4, 8, 16])
-    parser.add_argument("--output", type=Path)
+                        default=REPO / "results" / "multi30k-demo" / "teacher" / "checkpoint_best.pt",
+                        help="the trained teacher whose embedding is reconstructed")
+    parser.add_argument("--ratios", type=float, nargs="*", default=[4, 8, 16],
+                        help="compression ratios of E measured")
+    parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
