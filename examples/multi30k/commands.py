@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
+#: the line ``run`` writes before each further run of a stage into the same log (read back by
+#: ``examples.multi30k.train_log``)
+RUN_AGAIN = "# run again"
 
 
 def log_like_fairseq_cli() -> None:
@@ -60,7 +63,7 @@ def run(command, log_path: Path, stdin: Optional[str] = None) -> str:
     stdout = []
     with open(log_path, "a") as log:
         if log.tell():
-            log.write(f"\n# run again {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
+            log.write(f"\n{RUN_AGAIN} {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
         for line in process.stdout:
             stdout.append(line)
             log.write(line)

@@ -6,8 +6,8 @@ import re
 from datetime import datetime
 from typing import Dict
 
-#: the header ``examples.multi30k.commands.run`` writes before each further run of a stage
-RUN_AGAIN = "\n# run again "
+from examples.multi30k.commands import RUN_AGAIN
+
 TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) \|", re.MULTILINE)
 #: a run that went on from where an earlier one stopped (``--finetune-from-model`` and a
 #: reconstruction-init student start at 0 updates)
@@ -42,7 +42,7 @@ def training_wall_seconds(log_text: str) -> float:
     fairseq line to its last, summed over the runs since the last one that did not resume (the
     runs before it were another training, moved away or restarted from scratch).
     A run that was stopped counts up to its last line (at most one log interval short)."""
-    runs = log_text.split(RUN_AGAIN)
+    runs = log_text.split(f"\n{RUN_AGAIN} ")
     fresh = [index for index, text in enumerate(runs) if not RESUMED.search(text)]
     total = 0.0
     for text in runs[fresh[-1] if fresh else 0:]:
