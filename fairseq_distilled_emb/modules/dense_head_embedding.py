@@ -70,6 +70,20 @@ def head_or_tail_rows(tokens, head_rows, head, tail):
     return torch.where(tokens.lt(head_rows).unsqueeze(-1), rows, tail_rows)
 
 
+def logits_in_blocks(hidden, blocks):
+    """``hidden``'s logits over consecutive row blocks, ``blocks`` = [(rows, logits_into)], each
+    block's matmul writing straight into its columns of one matrix. Only without grad (torch's
+    ``out=`` records no autograd): concatenating the blocks' logits instead copied the V-wide
+    matrix once more, a quarter of an 8x dense-head student's fairseq-eval-lm time on 2 CPU cores."""
+    flat = hidden.reshape(-1, hidden.size(-1))
+    out = flat.new_empty(flat.size(0), sum(rows for rows, _ in blocks))
+    start = 0
+    for rows, logits_into in blocks:
+        logits_into(flat, out[:, start:start + rows])
+        start += rows
+    return out.view(*hidden.shape[:-1], out.size(-1))
+
+
 @register_compressed_embedding("dense-head")
 class DenseHeadEmbedding(CompressedEmbedding):
     """Rows ``0…K−1`` are a dense K×d table (``head``); rows ``K…V−1`` are ``tail``, a
@@ -119,7 +133,12 @@ class DenseHeadEmbedding(CompressedEmbedding):
 
     def logits(self, hidden):
         """K·d + r·(V−K+d) MACs per token: the head's dot products, then the tail's factors."""
-        return torch.cat([F.linear(hidden, self.head_weight()), self.tail.logits(hidden)], dim=-1)
+        head = self.head_weight()
+        if torch.is_grad_enabled():
+            return torch.cat([F.linear(hidden, head), self.tail.logits(hidden)], dim=-1)
+        return logits_in_blocks(hidden, [
+            (self.head_rows, lambda flat, out: torch.mm(flat, head.t(), out=out)),
+            (self.num_embeddings - self.head_rows, self.tail.logits_into)])
 
     def materialize(self):
         return torch.cat([self.head_weight(), self.tail.materialize()], dim=0)

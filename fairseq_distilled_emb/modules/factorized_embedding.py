@@ -151,6 +151,12 @@ class FactorizedEmbedding(CompressedEmbedding):
         codes, weight = self.factors()
         return F.linear(F.linear(hidden, weight), codes)
 
+    def logits_into(self, hidden, out):
+        """:meth:`logits` of a 2-D ``hidden`` written into ``out`` (no grad), a block of columns
+        of a wider logits matrix (the tail of a dense-head embedding)."""
+        codes, weight = self.factors()
+        torch.mm(F.linear(hidden, weight), codes.t(), out=out)
+
     def materialize(self):
         """The dense V×d matrix f(U)·W (for export, the embedding-distillation loss and tests)."""
         codes, weight = self.factors()

@@ -154,12 +154,22 @@ class QuantizedEmbedding(CompressedEmbedding):
             rows = rows.masked_fill(tokens.eq(self.padding_idx).unsqueeze(-1), 0.0)
         return rows
 
-    def logits(self, hidden):
-        """hidden·Eᵀ through the table, as (hidden·Wᵀ)·f(U)ᵀ for a low-rank source."""
+    def _projected_and_table(self, hidden):
+        """hidden·Wᵀ for a low-rank source (else hidden), and all dequantized rows, kept while
+        decoding (it projects every step)."""
         if self.code_projection is not None:
             hidden = F.linear(hidden, self.code_projection)
-        # all dequantized rows, kept while decoding (it projects every step)
-        return F.linear(hidden, self.kept_while_decoding(self._rows).to(hidden.dtype))
+        return hidden, self.kept_while_decoding(self._rows).to(hidden.dtype)
+
+    def logits(self, hidden):
+        """hidden·Eᵀ through the table, as (hidden·Wᵀ)·f(U)ᵀ for a low-rank source."""
+        return F.linear(*self._projected_and_table(hidden))
+
+    def logits_into(self, hidden, out):
+        """:meth:`logits` of a 2-D ``hidden`` written into ``out`` (no grad), a block of columns
+        of a wider logits matrix (a part of a dense-head embedding's codes)."""
+        projected, table = self._projected_and_table(hidden)
+        torch.mm(projected, table.t(), out=out)
 
     def materialize(self):
         table = self._rows()

@@ -180,3 +180,21 @@ def test_dense_head_student_trains_from_the_teacher_and_exports(data_bin, tiny_t
         "split is already its own (dense head, low-rank tail), both stored in --embedding-bits "
         "codes; drop --embedding-tail-bits and --embedding-head-rows")
     assert not (tmp_path / "q.pt").exists()
+
+
+def test_logits_without_grad_fill_one_matrix_equal_to_the_trained_concatenation():
+    """fairseq-eval-lm and generation score without grad: each block's matmul then writes
+    straight into its columns of one matrix (no V-wide concatenation copy). Training keeps the
+    concatenation, which autograd needs. fairseq's decoder hands the features over T×B
+    transposed, so the hidden states are not contiguous."""
+    torch.manual_seed(0)
+    embedding = DenseHeadEmbedding(1000, 64, head_rows=100, rank=8, padding_idx=1)
+    hidden = torch.randn(4, 2, 64).transpose(0, 1)
+    trained = embedding.logits(hidden)
+    with torch.no_grad():
+        scored = embedding.logits(hidden)
+    assert trained.requires_grad and trained.grad_fn.name() == "CatBackward0"
+    assert scored.shape == (2, 4, 1000) and scored.is_contiguous() and scored.grad_fn is None
+    torch.testing.assert_close(scored, trained.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(scored, hidden @ embedding.materialize().detach().t(),
+                               rtol=0, atol=1e-5)
