@@ -70,11 +70,18 @@ def head_or_tail_rows(tokens, head_rows, head, tail):
     return torch.where(tokens.lt(head_rows).unsqueeze(-1), rows, tail_rows)
 
 
+def blocks_fill_one_matrix():
+    """Whether :func:`logits_in_blocks` may run: torch's ``out=`` records no autograd and is not
+    autocast, so training (and any autocast region) concatenates the blocks' logits instead."""
+    return not (torch.is_grad_enabled() or torch.is_autocast_enabled("cuda")
+                or torch.is_autocast_enabled("cpu"))
+
+
 def logits_in_blocks(hidden, blocks):
     """``hidden``'s logits over consecutive row blocks, ``blocks`` = [(rows, logits_into)], each
-    block's matmul writing straight into its columns of one matrix. Only without grad (torch's
-    ``out=`` records no autograd): concatenating the blocks' logits instead copied the V-wide
-    matrix once more, a quarter of an 8x dense-head student's fairseq-eval-lm time on 2 CPU cores."""
+    block's matmul writing straight into its columns of one matrix (see
+    :func:`blocks_fill_one_matrix`). Concatenating the blocks' logits copies the V-wide matrix
+    once more: a quarter of an 8x dense-head student's fairseq-eval-lm time on 2 CPU cores."""
     flat = hidden.reshape(-1, hidden.size(-1))
     out = flat.new_empty(flat.size(0), sum(rows for rows, _ in blocks))
     start = 0
@@ -134,7 +141,7 @@ class DenseHeadEmbedding(CompressedEmbedding):
     def logits(self, hidden):
         """K·d + r·(V−K+d) MACs per token: the head's dot products, then the tail's factors."""
         head = self.head_weight()
-        if torch.is_grad_enabled():
+        if not blocks_fill_one_matrix():
             return torch.cat([F.linear(hidden, head), self.tail.logits(hidden)], dim=-1)
         return logits_in_blocks(hidden, [
             (self.head_rows, lambda flat, out: torch.mm(flat, head.t(), out=out)),

@@ -24,7 +24,11 @@ from fairseq_distilled_emb.modules.compressed_embedding import (
     CompressedEmbedding,
     register_compressed_embedding,
 )
-from fairseq_distilled_emb.modules.dense_head_embedding import head_or_tail_rows, logits_in_blocks
+from fairseq_distilled_emb.modules.dense_head_embedding import (
+    blocks_fill_one_matrix,
+    head_or_tail_rows,
+    logits_in_blocks,
+)
 from fairseq_distilled_emb.modules.quantized_embedding import QUANTIZED_KEYS, QuantizedEmbedding
 
 PARTS = ("head", "tail")
@@ -82,7 +86,7 @@ class QuantizedDenseHeadEmbedding(CompressedEmbedding):
         return head_or_tail_rows(tokens, self.head_rows, self.head, self.tail)
 
     def logits(self, hidden):
-        if torch.is_grad_enabled():
+        if not blocks_fill_one_matrix():
             return torch.cat([self.head.logits(hidden), self.tail.logits(hidden)], dim=-1)
         return logits_in_blocks(hidden, [(self.head_rows, self.head.logits_into),
                                          (self.num_embeddings - self.head_rows,

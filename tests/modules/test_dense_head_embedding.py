@@ -198,3 +198,15 @@ def test_logits_without_grad_fill_one_matrix_equal_to_the_trained_concatenation(
     torch.testing.assert_close(scored, trained.detach(), rtol=0, atol=1e-6)
     torch.testing.assert_close(scored, hidden @ embedding.materialize().detach().t(),
                                rtol=0, atol=1e-5)
+
+
+def test_logits_under_autocast_without_grad_are_autocast_as_the_trained_concatenation():
+    """torch's out= is not autocast: inside an autocast region the blocks are concatenated."""
+    torch.manual_seed(0)
+    embedding = DenseHeadEmbedding(1000, 64, head_rows=100, rank=8, padding_idx=1)
+    hidden = torch.randn(2, 4, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scored = embedding.logits(hidden)
+    assert scored.dtype == torch.bfloat16
+    torch.testing.assert_close(scored.float(), hidden @ embedding.materialize().detach().t(),
+                               rtol=0.02, atol=0.05)
