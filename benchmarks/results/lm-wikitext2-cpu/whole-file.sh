@@ -17,6 +17,9 @@ for spec in "4x_head2000 8" "4x_head2000 4" "8x_head1000 8" "16x_head500 8" "16x
   ckpt=$R/rows/distilled_$1/checkpoint_best.pt
   [ -f "$ckpt" ] && export_file "$ckpt" "distilled_$1_int$2_int8body.pt" --embedding-bits "$2" --int8-body
 done
+# stock adaptive input (16x): export refuses --int8-body for it, so its body is fp16
+A=$R/rows/adaptive_16x/checkpoint_best.pt
+[ -f $A ] && export_file $A adaptive_16x_int4_fp16.pt --embedding-bits 4 --fp16
 : > $O/scores.log  # a rerun replaces the scores
 for f in $O/*.pt; do
   echo "== $(basename "$f"): $(stat -c %s "$f") bytes" >> $O/scores.log
